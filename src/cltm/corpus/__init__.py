@@ -1,0 +1,1 @@
+"""Corpus manifests: schema, validation, importers, sampling, splits, trial lists, the demo corpus."""

@@ -1,0 +1,1 @@
+"""Model loading, length-bucketed batching, pooling, and the resumable, shardable extraction runner."""

@@ -1,0 +1,1 @@
+"""Full fine-tuning (and PEFT) of selected CLTM cells."""

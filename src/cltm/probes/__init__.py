@@ -1,0 +1,1 @@
+"""Classification probes, speaker-verification back-ends and metrics."""

@@ -1,0 +1,1 @@
+"""Heatmaps, layer curves, the HTML report and table exports."""

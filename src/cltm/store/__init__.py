@@ -1,0 +1,1 @@
+"""The Zarr embedding cache: create, open, append, read, verify, export."""

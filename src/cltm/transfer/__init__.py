@@ -1,0 +1,1 @@
+"""The CLTM engine: conditions, sweep runner, statistics and matrix properties."""

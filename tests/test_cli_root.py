@@ -1,0 +1,16 @@
+from typer.testing import CliRunner
+
+import cltm
+from cltm.cli import app
+
+
+def test_version_flag_prints_package_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == cltm.__version__
+
+
+def test_help_describes_the_pipeline():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Cross-Lingual Transfer Matrices" in result.output
