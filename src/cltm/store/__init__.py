@@ -1,1 +1,23 @@
-"""The Zarr embedding cache: create, open, append, read, verify, export."""
+"""The Zarr embedding cache: create, open, append, read, verify, export.
+
+``Cache.open(path)`` is what every later stage uses: ``.manifest``, ``.n_layers``, ``.dim``, ``.done``,
+``.failures``, ``.attrs`` and ``.read_layer(layer, rows=None, stat="mean")`` -> float32 [rows, dim].
+"""
+
+from cltm.store.cache import (
+    FORMAT_VERSION,
+    Cache,
+    CacheError,
+    CacheMismatchError,
+    identity_differences,
+    open_or_create,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Cache",
+    "CacheError",
+    "CacheMismatchError",
+    "identity_differences",
+    "open_or_create",
+]

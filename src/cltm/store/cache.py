@@ -1,0 +1,431 @@
+"""The embedding cache: one model x one manifest, pooled hidden states of every layer, in a Zarr v3 directory.
+
+Layout (DESIGN §3.2)::
+
+    cache.zarr/
+      zarr.json            group attrs: format version, model id/revision/config hash, n_layers, dim, ...
+      pooled/mean          float16 [n_layers, n_rows, dim], chunks (1, C, dim)  <- one layer = few big reads
+      pooled/std           (if pooled) same shape
+      n_frames             int32 [n_rows], chunks (C,)
+      done                 bool  [n_rows], chunks (C,)  <- set only after the row's data is written
+      frames/layer_<k>/    optional frame-level features, append-only parts (see write_frames)
+      manifest.parquet     the manifest rows in cache order (= the input manifest's row order)
+      failures/*.parquet   utt_id, stage, error (one file per writer, so shards never share a file)
+
+Durability: zarr's LocalStore (>= 3.1) writes every chunk to a temporary file and ``os.replace``s it, so a
+chunk file is always either the old or the new complete chunk, never torn; a SIGKILL can leave stray
+``*.partial`` files, which readers ignore and ``verify`` reports. Rows are grouped in chunks of C rows and a
+chunk is written by exactly one writer (shards own disjoint chunk sets), so read-modify-write of a partly
+filled chunk never loses another writer's rows. The ``done`` flags of a set of rows are written only after
+their data (pooled stats, n_frames, frames) returned from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import zarr
+
+FORMAT_VERSION = 1
+STATS = ("mean", "std")
+FAILURE_COLUMNS = ("utt_id", "stage", "error")
+# attrs that must agree between an existing cache and a new extraction into it
+IDENTITY_ATTRS = (
+    "model_id", "revision", "config_hash", "manifest_hash", "n_layers", "dim", "pooling", "dtype"
+)
+
+
+class CacheError(ValueError):
+    """A cache that cannot be opened or written as asked (missing, incompatible, corrupt)."""
+
+
+class CacheMismatchError(CacheError):
+    """An existing cache was built from another model/revision/manifest than the one asked for."""
+
+    def __init__(self, path: str | Path, differences: dict[str, tuple[Any, Any]]):
+        self.path = Path(path)
+        self.differences = differences
+        lines = [f"  {k}: cache has {old!r}, this run has {new!r}" for k, (old, new) in differences.items()]
+        super().__init__(
+            f"{path}: the existing cache was built differently:\n"
+            + "\n".join(lines)
+            + "\nUse another --out, or --force to discard the cache and start again."
+        )
+
+
+def _failures_schema() -> dict[str, Any]:
+    return {c: pl.Utf8 for c in FAILURE_COLUMNS}
+
+
+class Cache:
+    """A pooled-embedding cache on local disk. Open with :meth:`open`, build with :meth:`create`."""
+
+    def __init__(self, path: str | Path, group: zarr.Group):
+        self.path = Path(path)
+        self._group = group
+        self._manifest: pl.DataFrame | None = None
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        manifest: pl.DataFrame,
+        n_layers: int,
+        dim: int,
+        attrs: dict[str, Any] | None = None,
+        pooling: Sequence[str] = ("mean", "std"),
+        dtype: str = "float16",
+        chunk_rows: int = 512,
+        frames_layers: Sequence[int] = (),
+    ) -> Cache:
+        """Create a new cache at ``path``; raises FileExistsError if something is already there.
+
+        The cache is built in a temporary sibling directory and renamed into place, so concurrent creators
+        (shards starting together) race safely: exactly one rename wins, the others get FileExistsError and
+        should :meth:`open` and check the attrs instead (see :func:`open_or_create`).
+        """
+        path = Path(path)
+        bad = [p for p in pooling if p not in STATS]
+        if bad or not pooling:
+            raise CacheError(f"pooling must be a non-empty subset of {STATS}, got {list(pooling)}")
+        if path.exists():
+            raise FileExistsError(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+        n_rows = manifest.height
+        c = max(1, min(int(chunk_rows), max(n_rows, 1)))
+        try:
+            group = zarr.open_group(tmp, mode="w")
+            all_attrs = {
+                "format": "cltm-embedding-cache",
+                "format_version": FORMAT_VERSION,
+                "n_layers": int(n_layers),
+                "dim": int(dim),
+                "n_rows": int(n_rows),
+                "pooling": list(pooling),
+                "dtype": dtype,
+                "chunk_rows": c,
+                "frames_layers": [int(x) for x in frames_layers],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            all_attrs.update(attrs or {})
+            group.attrs.update(_jsonable(all_attrs))
+            for stat in pooling:
+                group.create_array(
+                    f"pooled/{stat}",
+                    shape=(n_layers, n_rows, dim),
+                    chunks=(1, c, dim),
+                    dtype=dtype,
+                    fill_value=0,
+                    compressors=None,  # embeddings barely compress; raw chunks read at memory speed
+                )
+            group.create_array("n_frames", shape=(n_rows,), chunks=(c,), dtype="int32", fill_value=0)
+            group.create_array("done", shape=(n_rows,), chunks=(c,), dtype="bool", fill_value=False)
+            for layer in frames_layers:  # created here so that shards never write a shared group file
+                group.require_group(f"frames/layer_{int(layer)}")
+            manifest.write_parquet(tmp / "manifest.parquet")
+            (tmp / "failures").mkdir()
+            os.rename(tmp, path)  # atomic; fails if another creator got there first
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if path.exists():
+                raise FileExistsError(path) from err
+            raise
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def open(cls, path: str | Path, *, mode: str = "r") -> Cache:
+        """Open an existing cache (``mode="r"`` read-only, ``"r+"`` to write rows)."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise CacheError(f"{path}: not an embedding cache (no zarr.json); build one with `cltm extract`")
+        group = zarr.open_group(path, mode=mode)
+        if group.attrs.get("format") != "cltm-embedding-cache":
+            raise CacheError(f"{path}: a Zarr group but not a cltm embedding cache (attrs.format missing)")
+        version = group.attrs.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CacheError(f"{path}: cache format version {version}, this cltm reads {FORMAT_VERSION}")
+        return cls(path, group)
+
+    # -------------------------------------------------------------------------------------------- metadata
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._group.attrs)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self._group.attrs["n_layers"])
+
+    @property
+    def dim(self) -> int:
+        return int(self._group.attrs["dim"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self._group.attrs["n_rows"])
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self._group.attrs["chunk_rows"])
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    @property
+    def pooling(self) -> list[str]:
+        return list(self._group.attrs["pooling"])
+
+    @property
+    def manifest(self) -> pl.DataFrame:
+        """The manifest rows in cache order (row i of every array = row i here)."""
+        if self._manifest is None:
+            self._manifest = pl.read_parquet(self.path / "manifest.parquet")
+        return self._manifest
+
+    @property
+    def done(self) -> np.ndarray:
+        """bool [n_rows]: True where the row's data is durably in the cache."""
+        return np.asarray(self._group["done"][:], dtype=bool)
+
+    @property
+    def n_frames(self) -> np.ndarray:
+        return np.asarray(self._group["n_frames"][:], dtype=np.int32)
+
+    @property
+    def failures(self) -> pl.DataFrame:
+        """utt_id, stage, error for every row that could not be processed (and is still not done)."""
+        files = sorted((self.path / "failures").glob("*.parquet"), key=lambda p: p.stat().st_mtime)
+        frames = [pl.read_parquet(f) for f in files]
+        if not frames:
+            return pl.DataFrame(schema=_failures_schema())
+        table = pl.concat(frames, how="vertical_relaxed").unique("utt_id", keep="last", maintain_order=True)
+        done_ids = self.manifest.filter(pl.Series(self.done))["utt_id"]
+        return table.filter(~pl.col("utt_id").is_in(done_ids.implode()))
+
+    def array(self, name: str) -> zarr.Array:
+        return self._group[name]
+
+    # ---------------------------------------------------------------------------------------------- reading
+    def read_layer(
+        self, layer: int, rows: np.ndarray | Sequence[int] | None = None, stat: str = "mean"
+    ) -> np.ndarray:
+        """Pooled ``stat`` of one layer as float32 [rows, dim] (all rows, cache order, when rows is None).
+
+        Rows that are not done read as zeros; check :attr:`done`. The hot path of every probe sweep.
+        """
+        if stat not in self.pooling:
+            raise CacheError(f"{self.path}: stat {stat!r} not in this cache (pooled: {self.pooling})")
+        if not -self.n_layers <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range for a cache with {self.n_layers} hidden states")
+        layer = layer % self.n_layers
+        arr = self._group[f"pooled/{stat}"]
+        if rows is None:
+            return np.asarray(arr[layer], dtype=np.float32)
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < -self.n_rows or idx.max() >= self.n_rows):
+            raise IndexError(f"row index out of range for a cache with {self.n_rows} rows")
+        idx = idx % max(self.n_rows, 1)
+        if idx.size > self.n_rows // 4:
+            # many rows: one sequential read of the layer then a gather beats per-chunk selection
+            return np.asarray(arr[layer], dtype=np.float32)[idx]
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        block = arr.get_orthogonal_selection((layer, uniq, slice(None)))
+        return np.asarray(block, dtype=np.float32)[inverse]
+
+    def read_layers(self, layers: Sequence[int] | None = None, stat: str = "mean") -> np.ndarray:
+        """float32 [len(layers), n_rows, dim]; all layers when None."""
+        layers = range(self.n_layers) if layers is None else layers
+        return np.stack([self.read_layer(layer, stat=stat) for layer in layers])
+
+    def to_numpy(self, stat: str = "mean") -> np.ndarray:
+        """The whole pooled stat as float32 [n_layers, n_rows, dim] (what bring-your-own arrays look like)."""
+        return self.read_layers(None, stat=stat)
+
+    # ---------------------------------------------------------------------------------------------- writing
+    def chunk_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(rows) // self.chunk_rows
+
+    def chunk_rows_range(self, chunk: int) -> range:
+        return range(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.n_rows))
+
+    def write_rows(
+        self,
+        rows: np.ndarray,
+        pooled: dict[str, np.ndarray],
+        n_frames: np.ndarray,
+        *,
+        frames: dict[int, list[np.ndarray]] | None = None,
+        writer: str = "w0",
+    ) -> None:
+        """Write finished rows (data first, then their ``done`` flags).
+
+        ``pooled[stat]`` is [n_layers, len(rows), dim]; ``frames[layer]`` a list of [frames_i, dim] arrays in
+        the order of ``rows``. The caller guarantees that no other writer owns these rows' chunks.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows_sorted = rows[order]
+        if np.any(np.diff(rows_sorted) == 0):
+            raise CacheError("write_rows got the same row twice")
+        for stat in self.pooling:
+            data = np.asarray(pooled[stat])[:, order]
+            arr = self._group[f"pooled/{stat}"]
+            arr.set_orthogonal_selection((slice(None), rows_sorted, slice(None)), data.astype(arr.dtype))
+        self._group["n_frames"].set_orthogonal_selection((rows_sorted,), np.asarray(n_frames)[order])
+        if frames:
+            for layer, items in frames.items():
+                self._write_frames_part(layer, rows, items, writer)
+        # only now, with every byte of the rows' data in the store, do the rows count as done
+        self._group["done"].set_orthogonal_selection((rows_sorted,), np.ones(rows_sorted.size, dtype=bool))
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Mark rows not done (used by --force on a compatible cache, and by tests)."""
+        rows = np.sort(np.asarray(rows, dtype=np.int64))
+        self._group["done"].set_orthogonal_selection((rows,), np.zeros(rows.size, dtype=bool))
+
+    def write_failures(self, failures: pl.DataFrame, writer: str) -> None:
+        """Replace this writer's failure table (atomically: temp file + rename)."""
+        target = self.path / "failures" / f"{writer}.parquet"
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        failures.select(FAILURE_COLUMNS).cast(_failures_schema()).write_parquet(tmp)
+        os.replace(tmp, target)
+
+    def update_attrs(self, **attrs: Any) -> None:
+        self._group.attrs.update(_jsonable(attrs))
+
+    # ------------------------------------------------------------------------------------------ frame level
+    def _write_frames_part(self, layer: int, rows: np.ndarray, items: list[np.ndarray], writer: str) -> None:
+        """Append one immutable part: rows, offsets and concatenated frames of one layer.
+
+        Parts are write-once files named by writer + time, so shards never share one and a crash can only
+        leave a part whose rows are not marked done (a later part for the same row wins when reading).
+        """
+        lengths = np.array([len(x) for x in items], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        data = np.concatenate(items, axis=0) if items else np.zeros((0, self.dim), dtype=np.float16)
+        name = f"frames/layer_{layer}/{writer}-{time.time_ns():020d}"
+        part = self._group.require_group(name)
+        part.create_array("rows", data=np.asarray(rows, dtype=np.int64), overwrite=True)
+        part.create_array("offsets", data=offsets, overwrite=True)
+        part.create_array(
+            "data",
+            data=data.astype(self._group.attrs.get("dtype", "float16")),
+            chunks=(max(1, min(65536, data.shape[0])), self.dim),
+            compressors=None,
+            overwrite=True,
+        )
+
+    def frame_parts(self, layer: int) -> list[str]:
+        root = self.path / "frames" / f"layer_{layer}"
+        if not root.exists():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "zarr.json").exists())
+
+    def read_frames(self, layer: int, row: int) -> np.ndarray:
+        """Frame-level features [frames, dim] float32 of one row (only for layers extracted with frames)."""
+        if layer not in self._group.attrs.get("frames_layers", []):
+            raise CacheError(f"{self.path}: no frame-level features for layer {layer}")
+        found = None
+        for name in self.frame_parts(layer):  # later parts win (sorted by time)
+            part = self._group[f"frames/layer_{layer}/{name}"]
+            hit = np.flatnonzero(np.asarray(part["rows"][:]) == row)
+            if hit.size:
+                found = (part, int(hit[-1]))
+        if found is None:
+            raise KeyError(f"row {row} has no frame-level features for layer {layer}")
+        part, i = found
+        offsets = np.asarray(part["offsets"][:])
+        return np.asarray(part["data"][offsets[i] : offsets[i + 1]], dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------------------ misc
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+    def __repr__(self) -> str:
+        return (
+            f"Cache({str(self.path)!r}, model={self.attrs.get('model_id')!r}, layers={self.n_layers}, "
+            f"dim={self.dim}, rows={self.n_rows}, done={int(self.done.sum())})"
+        )
+
+
+def identity_differences(existing: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The identity attrs (model, revision, config, manifest, shape, pooling, dtype) that differ."""
+    out = {}
+    for key in IDENTITY_ATTRS:
+        if key in wanted and _jsonable(existing.get(key)) != _jsonable(wanted[key]):
+            out[key] = (existing.get(key), wanted[key])
+    return out
+
+
+def open_or_create(
+    path: str | Path,
+    *,
+    manifest: pl.DataFrame,
+    n_layers: int,
+    dim: int,
+    attrs: dict[str, Any],
+    pooling: Sequence[str] = ("mean", "std"),
+    dtype: str = "float16",
+    chunk_rows: int = 512,
+    frames_layers: Sequence[int] = (),
+    force: bool = False,
+) -> Cache:
+    """Open the cache for writing if it matches this extraction, else create it (race-safe across shards).
+
+    A cache built from another model id, revision, config, manifest, pooling or dtype raises
+    :class:`CacheMismatchError` naming every difference, unless ``force`` (then it is deleted and rebuilt;
+    with several shards, force only from one process).
+    """
+    path = Path(path)
+    wanted = dict(
+        attrs, n_layers=int(n_layers), dim=int(dim), pooling=list(pooling), dtype=dtype
+    )
+    for _ in range(3):
+        if not path.exists():
+            try:
+                return Cache.create(
+                    path,
+                    manifest=manifest,
+                    n_layers=n_layers,
+                    dim=dim,
+                    attrs=attrs,
+                    pooling=pooling,
+                    dtype=dtype,
+                    chunk_rows=chunk_rows,
+                    frames_layers=frames_layers,
+                )
+            except FileExistsError:
+                pass  # another shard created it first: open and check below
+        try:
+            cache = Cache.open(path, mode="r+")
+            diff = identity_differences(cache.attrs, wanted)
+        except CacheError as err:
+            if not force:
+                raise
+            diff = {"cache": (str(err), "a valid cache")}
+        if not diff:
+            return cache
+        if not force:
+            raise CacheMismatchError(path, diff)
+        shutil.rmtree(path)
+        force = False  # rebuild once
+    raise CacheError(f"{path}: could not create or open the cache")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
