@@ -1,0 +1,348 @@
+"""The single source of CLTM training subsets and test sets (used by the probe sweep and the fine-tune path).
+
+For every language i the plan fixes, once:
+
+* the **test set** of i: the manifest's ``split`` column when present (train pool = ``train``, test =
+  ``test``),
+  otherwise (or for rows with no split) the sampler's seeded speaker-disjoint split (``split_seed``, not
+  the run
+  seed, so the test set is the same for every seed and condition). Classification tests on every test row
+  of i with a
+  label in the task's classes; speaker verification on a trial list from i's test rows (``make_trials``
+  with the
+  published rules, seeded by ``trial_seed``) or on a user trial list;
+* per seed s, the **nested training subsets** of i: ``rows_2n`` (2N of i) and ``rows_n`` (its first N),
+  from the
+  shared sampler (``balanced_subset`` with N per class for classification, ``speaker_subset`` with the
+  minimum-speaker rule for speaker verification), which returns a prefix of one seeded order.
+
+Conditions for target i, donor j and seed s are then built from these and nothing else:
+``single`` = rows_n(i), ``self`` = rows_2n(i) (which contains rows_n(i)), ``pair`` = rows_n(i) + rows_n(j)
+(the same
+N of i as in ``single``, and the same N of j as j's own ``single``), ``zero_shot`` = rows_n(j); all tested
+on i.
+For ``single`` and ``self`` the donor is the target itself.
+
+A language that cannot give 2N training rows (or has no usable test set) is reported in ``skipped`` (language,
+reason) and left out as target and donor: never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from cltm.corpus.sampling import (
+    SamplingError,
+    balanced_subset,
+    make_trials,
+    speaker_disjoint_split,
+    speaker_subset,
+)
+from cltm.transfer.tables import SKIPPED_COLUMNS
+
+GENDER_CLASSES: tuple[str, ...] = ("female", "male")
+VERIFICATION_TASKS = frozenset({"speaker"})
+ROW = "_cltm_row"
+
+
+def seed_list(seeds: int | Iterable[int]) -> list[int]:
+    """``seeds`` as a list: an int S means 0..S-1."""
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1 (a count) or a list of seeds, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if not out:
+        raise ValueError("seeds is an empty list")
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds has duplicates: {out}")
+    return out
+
+
+def task_label(task: str, label: str | None = None) -> str | None:
+    """The manifest column a task classifies (None for speaker verification)."""
+    if task in VERIFICATION_TASKS:
+        return None
+    return label or task
+
+
+@dataclass(eq=False)
+class ConditionPlan:
+    """One training/test configuration: a (condition, target, donor, seed) with manifest row indices.
+
+    ``train_rows`` / ``test_rows`` index the manifest's rows (0-based; cache order for a Cache's manifest).
+    ``trials`` (speaker verification) holds manifest row indices in ``enroll_row`` / ``test_row`` plus
+    ``label`` and
+    the utt_ids ``enroll`` / ``test``; ``test_rows`` are then the rows the trials use.
+    """
+
+    task: str
+    condition: str
+    target: str
+    donor: str
+    seed: int
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    trials: pl.DataFrame | None
+    n_train: int
+
+
+@dataclass(eq=False)
+class LanguagePlan:
+    """What one language contributes: its fixed test set and, per seed, its nested N / 2N training rows."""
+
+    language: str
+    test_rows: np.ndarray
+    trials: pl.DataFrame | None
+    rows_n: dict[int, np.ndarray] = field(default_factory=dict)
+    rows_2n: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class ConditionPlans(list):
+    """A list of ``ConditionPlan`` that also carries ``skipped`` (language, reason) and the per-language
+    plans."""
+
+    def __init__(
+        self, plans: Iterable[ConditionPlan], skipped: pl.DataFrame, languages: dict[str, LanguagePlan]
+    ):
+        super().__init__(plans)
+        self.skipped = skipped
+        self.languages = languages
+
+
+def _with_split(manifest: pl.DataFrame, test_fraction: float, split_seed: int) -> pl.DataFrame:
+    has_split = "split" in manifest.columns and manifest["split"].null_count() < manifest.height
+    if has_split and manifest["split"].null_count() == 0:
+        return manifest
+    if "speaker" not in manifest.columns:
+        raise ValueError(
+            "the manifest has no `split` column (or rows without one) and no `speaker` column: add a "
+            "speaker-disjoint train/test split or speaker ids so cltm can make one"
+        )
+    return speaker_disjoint_split(manifest, test_fraction=test_fraction, seed=split_seed)
+
+
+def _classes(manifest: pl.DataFrame, task: str, label: str) -> list[str]:
+    if task == "gender":
+        return list(GENDER_CLASSES)
+    values = manifest[label].drop_nulls().unique().to_list()
+    return sorted(values, key=str)
+
+
+def _trial_rows(trials: pl.DataFrame, row_of: dict[str, int]) -> pl.DataFrame:
+    missing = [u for u in set(trials["enroll"].to_list()) | set(trials["test"].to_list()) if u not in row_of]
+    if missing:
+        raise ValueError(
+            f"trial list names {len(missing)} utt_id(s) not in the manifest (e.g. {sorted(missing)[:3]}); "
+            "trials must use the manifest's utt_id values"
+        )
+    return trials.with_columns(
+        pl.col("enroll").replace_strict(row_of, return_dtype=pl.Int64).alias("enroll_row"),
+        pl.col("test").replace_strict(row_of, return_dtype=pl.Int64).alias("test_row"),
+        pl.col("label").cast(pl.Int8),
+    )
+
+
+def plan_languages(
+    manifest: pl.DataFrame,
+    task: str,
+    *,
+    n: int,
+    seeds: int | Iterable[int],
+    languages: Sequence[str] | None = None,
+    label: str | None = None,
+    test_fraction: float = 0.25,
+    trials: pl.DataFrame | None = None,
+    split_seed: int = 0,
+    trial_seed: int = 0,
+    max_targets_per_speaker: int = 20,
+) -> tuple[dict[str, LanguagePlan], pl.DataFrame]:
+    """Per-language test sets and nested training subsets; returns ``(plans by language, skipped)``.
+
+    ``n``: N per class for classification tasks, N utterances for ``speaker``. ``trials``: an optional user
+    trial
+    list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment utterance's language.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seeds_ = seed_list(seeds)
+    if "language" not in manifest.columns:
+        raise ValueError("the manifest has no `language` column")
+    label_col = task_label(task, label)
+    need = ["utt_id", "language"] + (["speaker"] if label_col is None else [label_col])
+    missing = [c for c in need if c not in manifest.columns]
+    if missing:
+        raise ValueError(
+            f"task {task!r} needs manifest column(s) {missing}; the manifest has {manifest.columns}"
+            + ("" if label_col is None else " (any label column can be a task: --task COLUMN)")
+        )
+    frame = manifest.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    if label_col == "gender":
+        from cltm.corpus.manifest import normalize_genders
+
+        frame = frame.with_columns(normalize_genders(frame["gender"]))
+    frame = _with_split(frame, test_fraction, split_seed)
+    present = frame["language"].unique(maintain_order=True).to_list()
+    wanted = list(dict.fromkeys(languages)) if languages is not None else sorted(present, key=str)
+    skipped: list[tuple[str, str]] = [(lang, "not in the manifest") for lang in wanted if lang not in present]
+    classes = _classes(frame, task, label_col) if label_col is not None else None
+    row_of = dict(zip(frame["utt_id"].to_list(), frame[ROW].to_list(), strict=True))
+    lang_of = dict(zip(frame["utt_id"].to_list(), frame["language"].to_list(), strict=True))
+
+    plans: dict[str, LanguagePlan] = {}
+    for lang in wanted:
+        if lang not in present:
+            continue
+        rows = frame.filter(pl.col("language") == lang)
+        train_pool = rows.filter(pl.col("split") == "train")
+        test_pool = rows.filter(pl.col("split") == "test")
+        stage = "no usable test set"
+        try:
+            if label_col is not None:
+                train_pool = train_pool.filter(pl.col(label_col).is_in(classes))
+                test_pool = test_pool.filter(pl.col(label_col).is_in(classes))
+                have = set(test_pool[label_col].unique().to_list())
+                if have != set(classes):
+                    raise SamplingError(
+                        f"the test split has classes {sorted(map(str, have))}, needs all of {classes}"
+                    )
+                test_rows = test_pool[ROW].to_numpy()
+                lang_trials = None
+            else:
+                if trials is not None:
+                    lang_trials = trials.filter(
+                        pl.col("enroll").map_elements(lambda u: lang_of.get(u), return_dtype=pl.String)
+                        == lang
+                    )
+                    if lang_trials.height == 0:
+                        raise SamplingError("the trial list has no trial enrolled on this language")
+                else:
+                    lang_trials = make_trials(
+                        test_pool, seed=trial_seed, max_targets_per_speaker=max_targets_per_speaker
+                    )
+                    row_of_lang = dict(
+                        zip(test_pool["utt_id"].to_list(), test_pool[ROW].to_list(), strict=True)
+                    )
+                    lang_trials = _trial_rows(lang_trials, row_of_lang)
+                if trials is not None:
+                    lang_trials = _trial_rows(lang_trials, row_of)
+                if lang_trials["label"].n_unique() < 2:
+                    raise SamplingError("the trial list needs target and non-target trials")
+                test_rows = np.unique(
+                    np.concatenate([lang_trials["enroll_row"].to_numpy(), lang_trials["test_row"].to_numpy()])
+                )
+            plan = LanguagePlan(language=lang, test_rows=test_rows, trials=lang_trials)
+            stage = f"too little training data for 2N={2 * n}"
+            for s in seeds_:
+                if label_col is not None:
+                    big = balanced_subset(train_pool, label_col, 2 * n, seed=s, classes=classes)
+                    small = balanced_subset(train_pool, label_col, n, seed=s, classes=classes)
+                else:
+                    big = speaker_subset(train_pool, 2 * n, seed=s)
+                    small = speaker_subset(train_pool, n, seed=s)
+                plan.rows_2n[s] = big[ROW].to_numpy()
+                plan.rows_n[s] = small[ROW].to_numpy()
+            plans[lang] = plan
+        except SamplingError as err:
+            skipped.append((lang, f"{stage}: {err}"))
+    skipped_df = pl.DataFrame(skipped, schema=SKIPPED_COLUMNS, orient="row")
+    return plans, skipped_df
+
+
+def expand_conditions(
+    plans: dict[str, LanguagePlan],
+    task: str,
+    seeds: Iterable[int],
+    *,
+    cells: Iterable[tuple[str, str]] | None = None,
+    donors: Sequence[str] | None = None,
+    zero_shot: bool = True,
+) -> list[ConditionPlan]:
+    """All ConditionPlans from per-language plans, in a fixed order (seed, target, condition, donor)."""
+    langs = list(plans)
+    cell_set = {(t, d) for t, d in cells} if cells is not None else None
+    donor_set = set(donors) if donors is not None else None
+    out: list[ConditionPlan] = []
+    for s in seed_list(list(seeds)):
+        for t in langs:
+            tp = plans[t]
+            pair_donors = [
+                d
+                for d in langs
+                if d != t
+                and (donor_set is None or d in donor_set)
+                and (cell_set is None or (t, d) in cell_set)
+            ]
+            if cell_set is not None and not pair_donors and (t, t) not in cell_set:
+                continue
+
+            def make(
+                condition: str, donor: str, train: np.ndarray, target: str = t, seed: int = s
+            ) -> ConditionPlan:
+                return ConditionPlan(
+                    task=task,
+                    condition=condition,
+                    target=target,
+                    donor=donor,
+                    seed=seed,
+                    train_rows=train,
+                    test_rows=plans[target].test_rows,
+                    trials=plans[target].trials,
+                    n_train=len(train),
+                )
+
+            out.append(make("single", t, tp.rows_n[s]))
+            out.append(make("self", t, tp.rows_2n[s]))
+            for d in pair_donors:
+                out.append(make("pair", d, np.concatenate([tp.rows_n[s], plans[d].rows_n[s]])))
+            if zero_shot:
+                for d in pair_donors:
+                    out.append(make("zero_shot", d, plans[d].rows_n[s]))
+    return out
+
+
+def plan_conditions(
+    manifest: pl.DataFrame,
+    task: str,
+    *,
+    n: int,
+    seeds: int | Iterable[int],
+    languages: Sequence[str] | None = None,
+    cells: Iterable[tuple[str, str]] | None = None,
+    label: str | None = None,
+    test_fraction: float = 0.25,
+    trials: pl.DataFrame | None = None,
+    donors: Sequence[str] | None = None,
+    zero_shot: bool = True,
+    split_seed: int = 0,
+    trial_seed: int = 0,
+) -> ConditionPlans:
+    """Every (condition, target, donor, seed) to train and test, as manifest row indices.
+
+    Returns a ``ConditionPlans`` list (``.skipped``: language, reason; ``.languages``: the per-language
+    plans).
+    ``cells`` restricts the plan to these (target, donor) pairs (plus each target's ``single`` and
+    ``self``), e.g.
+    the top cells the fine-tune path re-runs; ``donors`` restricts the donor languages. See the module
+    docstring
+    for the rules (fixed test sets, nested subsets, skipped languages).
+    """
+    seeds_ = seed_list(seeds)
+    plans, skipped = plan_languages(
+        manifest,
+        task,
+        n=n,
+        seeds=seeds_,
+        languages=languages,
+        label=label,
+        test_fraction=test_fraction,
+        trials=trials,
+        split_seed=split_seed,
+        trial_seed=trial_seed,
+    )
+    conditions = expand_conditions(plans, task, seeds_, cells=cells, donors=donors, zero_shot=zero_shot)
+    return ConditionPlans(conditions, skipped, plans)
