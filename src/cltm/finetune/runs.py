@@ -1,0 +1,127 @@
+"""Bookkeeping of fine-tuning runs: which runs exist, the runs table on disk, resume and rank part files.
+
+A run is one (condition, target, donor, seed) of one configuration. Results go to ``DIR/runs.parquet`` in the
+CLTM engine's runs-table contract (:data:`cltm.transfer.tables.RUNS_COLUMNS`, ``source = "finetune"``),
+written atomically after every finished run, so a crash loses at most the run in flight and a re-run skips
+what is done. With several processes (``torchrun``/``accelerate launch``) each rank writes its own part file
+``DIR/runs.parts/rank-XXXXX.parquet``; readers merge them, and rank 0 folds them into ``runs.parquet`` at the
+end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from cltm.transfer.tables import RUNS_COLUMNS, conform
+
+RUNS_FILE = "runs.parquet"
+PARTS_DIR = "runs.parts"
+#: Columns that identify one run inside one output directory (together with ``config_hash``).
+RUN_KEY: tuple[str, ...] = ("task", "model", "probe", "condition", "target", "donor", "seed")
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning request that cannot run as asked; the message says why and what to do."""
+
+
+def config_hash(config: dict) -> str:
+    """Short stable hash of a JSON-able configuration (sorted keys)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
+    """Write to a temporary name in the same directory and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def empty_runs() -> pl.DataFrame:
+    return pl.DataFrame(schema=RUNS_COLUMNS)
+
+
+def merge_runs(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate runs tables; a run present twice keeps its last copy."""
+    frames = [conform(f, RUNS_COLUMNS, keep_extra=True) for f in frames if f is not None and f.height]
+    if not frames:
+        return empty_runs()
+    merged = pl.concat(frames, how="diagonal_relaxed")
+    return merged.unique(subset=[*RUN_KEY, "config_hash"], keep="last", maintain_order=True)
+
+
+def part_path(out_dir: str | Path, rank: int) -> Path:
+    return Path(out_dir) / PARTS_DIR / f"rank-{rank:05d}.parquet"
+
+
+def read_finetune_runs(out_dir: str | Path) -> pl.DataFrame:
+    """All finished runs of a fine-tune output directory: ``runs.parquet`` plus any rank part files."""
+    out = Path(out_dir)
+    frames = []
+    if (out / RUNS_FILE).exists():
+        frames.append(pl.read_parquet(out / RUNS_FILE))
+    parts = out / PARTS_DIR
+    if parts.is_dir():
+        frames.extend(pl.read_parquet(p) for p in sorted(parts.glob("rank-*.parquet")))
+    return merge_runs(frames)
+
+
+def consolidate(out_dir: str | Path) -> pl.DataFrame:
+    """Fold rank part files into ``runs.parquet`` (atomically), then remove them. Run on one process only."""
+    out = Path(out_dir)
+    runs = read_finetune_runs(out)
+    write_parquet_atomic(runs, out / RUNS_FILE)
+    parts = out / PARTS_DIR
+    if parts.is_dir():
+        for p in parts.glob("rank-*.parquet"):
+            p.unlink()
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    return runs
+
+
+def run_key(row: dict) -> tuple:
+    return tuple(row[c] for c in RUN_KEY) + (row["config_hash"],)
+
+
+def finished_keys(runs: pl.DataFrame) -> set[tuple]:
+    if runs.height == 0:
+        return set()
+    return {run_key(r) for r in runs.select(*RUN_KEY, "config_hash").iter_rows(named=True)}
+
+
+def check_same_config(runs: pl.DataFrame, *, task: str, model: str, probe: str, hash_: str, out_dir) -> None:
+    """Refuse to mix two configurations of one (task, model, probe) in one directory.
+
+    ``matrix_from_runs`` averages every seed of a (task, model, layer, probe) group; runs with another lr, N
+    or manifest would silently enter that average.
+    """
+    if runs.height == 0:
+        return
+    other = runs.filter(
+        (pl.col("task") == task)
+        & (pl.col("model") == model)
+        & (pl.col("probe") == probe)
+        & (pl.col("config_hash") != hash_)
+    )
+    if other.height:
+        raise FinetuneError(
+            f"{out_dir} already holds {other.height} {probe} run(s) of task {task!r}, model {model!r} "
+            f"made with another configuration (config_hash {other['config_hash'][0]}, this one is {hash_}): "
+            "a different N, learning rate, precision, manifest, ... Use a new --out directory to keep the "
+            "CLTMs comparable."
+        )
