@@ -7,6 +7,7 @@ Layout (DESIGN §3.2)::
       pooled/mean          float16 [n_layers, n_rows, dim], chunks (1, C, dim)  <- one layer = few big reads
       pooled/std           (if pooled) same shape
       n_frames             int32 [n_rows], chunks (C,)
+      seconds              float32 [n_rows], chunks (C,)  audio seconds decoded (fills missing durations)
       done                 bool  [n_rows], chunks (C,)  <- set only after the row's data is written
       frames/layer_<k>/    optional frame-level features, append-only parts (see write_frames)
       manifest.parquet     the manifest rows in cache order (= the input manifest's row order)
@@ -131,6 +132,7 @@ class Cache:
                     compressors=None,  # embeddings barely compress; raw chunks read at memory speed
                 )
             group.create_array("n_frames", shape=(n_rows,), chunks=(c,), dtype="int32", fill_value=0)
+            group.create_array("seconds", shape=(n_rows,), chunks=(c,), dtype="float32", fill_value=np.nan)
             group.create_array("done", shape=(n_rows,), chunks=(c,), dtype="bool", fill_value=False)
             for layer in frames_layers:  # created here so that shards never write a shared group file
                 group.require_group(f"frames/layer_{int(layer)}")
@@ -189,9 +191,19 @@ class Cache:
 
     @property
     def manifest(self) -> pl.DataFrame:
-        """The manifest rows in cache order (row i of every array = row i here)."""
+        """The manifest rows in cache order (row i of every array = row i here).
+
+        Missing ``duration`` values are filled with the seconds the extraction decoded (done rows only).
+        """
         if self._manifest is None:
-            self._manifest = pl.read_parquet(self.path / "manifest.parquet")
+            table = pl.read_parquet(self.path / "manifest.parquet")
+            decoded = pl.Series("decoded", np.asarray(self._group["seconds"][:], dtype=np.float64))
+            decoded = decoded.fill_nan(None)
+            if "duration" in table.columns:
+                filled = table["duration"].cast(pl.Float64).fill_nan(None).fill_null(decoded)
+            else:
+                filled = decoded
+            self._manifest = table.with_columns(filled.alias("duration"))
         return self._manifest
 
     @property
@@ -266,6 +278,7 @@ class Cache:
         pooled: dict[str, np.ndarray],
         n_frames: np.ndarray,
         *,
+        seconds: np.ndarray | None = None,
         frames: dict[int, list[np.ndarray]] | None = None,
         writer: str = "w0",
     ) -> None:
@@ -286,6 +299,8 @@ class Cache:
             arr = self._group[f"pooled/{stat}"]
             arr.set_orthogonal_selection((slice(None), rows_sorted, slice(None)), data.astype(arr.dtype))
         self._group["n_frames"].set_orthogonal_selection((rows_sorted,), np.asarray(n_frames)[order])
+        if seconds is not None:
+            self._group["seconds"].set_orthogonal_selection((rows_sorted,), np.asarray(seconds)[order])
         if frames:
             for layer, items in frames.items():
                 self._write_frames_part(layer, rows, items, writer)

@@ -1,0 +1,637 @@
+"""The resumable, shardable extraction runner: manifest + model -> pooled hidden states of every layer.
+
+How a run goes:
+
+1. Rows this process owns: the cache's row chunks (C rows each) are dealt round-robin to ``n`` shards, so two
+   writers never touch the same chunk file. Rows already ``done`` are skipped (resume).
+2. The owned rows are processed window by window (a few chunks at a time, in cache order); inside a window
+   they are sorted by duration, longest first, and cut into batches of about ``batch_seconds`` of audio, so
+   padding is small and a batch that would not fit in memory shows up at once.
+3. DataLoader workers decode (``cltm.audio.load_audio``: mono, resampled), normalise as the model's feature
+   extractor would, pad too-short inputs to the model's receptive field and cut too-long ones into windows.
+4. The main thread runs the model (autocast on GPU) and pools every hidden state over valid frames only
+   (frame counts from the model's own conv arithmetic); windows of one file are merged exactly (Chan's
+   parallel mean/variance).
+5. A writer thread buffers finished rows and writes them when a window is complete or every
+   ``flush_seconds``: data first, ``done`` flags after. A SIGKILL loses at most the rows not yet flushed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from cltm.extract.models import LoadedModel, load_model, windows
+from cltm.store.cache import Cache, open_or_create
+
+STAGES = ("header", "decode", "forward", "write")
+
+
+@dataclass
+class ExtractionSummary:
+    """What one run did. ``failed`` counts this run's rows that could not be extracted."""
+
+    cache_path: Path
+    n_rows: int  # rows in the cache
+    n_owned: int  # rows this shard owns
+    n_skipped: int  # owned rows already done before this run
+    n_done_now: int  # rows extracted and written by this run
+    n_failed: int
+    audio_seconds: float  # audio extracted by this run
+    wall_seconds: float
+    shard: tuple[int, int] = (0, 1)
+    failures: pl.DataFrame = field(default_factory=lambda: pl.DataFrame())
+
+    @property
+    def n_done_total(self) -> int:
+        return int(Cache.open(self.cache_path).done.sum())
+
+    @property
+    def realtime_factor(self) -> float:
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"k/n"`` (k counts from 0) -> (k, n); None -> RANK/WORLD_SIZE from the environment (torchrun)."""
+    if spec is None or spec == "":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} / WORLD_SIZE={world} from the environment are not a valid shard")
+        return rank, world
+    try:
+        k_text, n_text = spec.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ValueError(f"shard must look like k/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"shard {spec!r}: need 0 <= k < n (k counts from 0)")
+    return k, n
+
+
+def owned_chunks(n_chunks: int, shard: tuple[int, int]) -> np.ndarray:
+    """The chunk indices shard k of n writes: k, k+n, k+2n, … (disjoint across shards, covering all)."""
+    k, n = shard
+    return np.arange(k, n_chunks, n, dtype=np.int64)
+
+
+def header_durations(manifest: pl.DataFrame, rows: np.ndarray, *, threads: int = 8) -> np.ndarray:
+    """Seconds per row for sorting: manifest duration, end-start, or the file header (NaN if unreadable)."""
+    from cltm.audio import AudioError, audio_duration
+
+    def column(name: str) -> np.ndarray:
+        if name not in manifest.columns:
+            return np.full(len(rows), np.nan)
+        return manifest[name].cast(pl.Float64).fill_null(np.nan).to_numpy()[rows].astype(float)
+
+    dur, starts, ends = column("duration"), column("start"), column("end")
+    seg = ~np.isnan(ends)
+    dur = np.where(np.isnan(dur) & seg, ends - np.nan_to_num(starts), dur)
+    missing = np.flatnonzero(np.isnan(dur))
+    if missing.size:
+        paths = manifest["path"].to_numpy()[rows[missing]]
+
+        def one(path: str) -> float:
+            try:
+                return audio_duration(path)
+            except (AudioError, OSError, ValueError):
+                return float("nan")
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            found = np.array(list(pool.map(one, paths)), dtype=float)
+        dur[missing] = found - np.nan_to_num(starts[missing])
+    return dur
+
+
+def plan_batches(
+    rows: np.ndarray,
+    durations: np.ndarray,
+    chunk_of_row: np.ndarray,
+    *,
+    batch_seconds: float,
+    window_chunks: int,
+) -> list[tuple[int, list[int]]]:
+    """Cut rows into (window id, batch rows).
+
+    Windows of ``window_chunks`` owned chunks in cache order; inside, longest first, batches of at most
+    ``batch_seconds`` of audio (a longer file is a batch of its own).
+    """
+    plan: list[tuple[int, list[int]]] = []
+    chunks = np.unique(chunk_of_row)
+    for w, start in enumerate(range(0, len(chunks), window_chunks)):
+        mask = np.isin(chunk_of_row, chunks[start : start + window_chunks])
+        w_rows, w_dur = rows[mask], np.nan_to_num(durations[mask], nan=0.0)
+        order = np.argsort(-w_dur, kind="stable")
+        batch: list[int] = []
+        total = 0.0
+        for i in order:
+            d = max(float(w_dur[i]), 0.0)
+            if batch and total + d > batch_seconds:
+                plan.append((w, batch))
+                batch, total = [], 0.0
+            batch.append(int(w_rows[i]))
+            total += d
+        if batch:
+            plan.append((w, batch))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------- decoding
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Index = manifest row -> the row's windows (normalised, padded to the receptive field) or an error."""
+
+    def __init__(
+        self,
+        manifest: pl.DataFrame,
+        *,
+        sampling_rate: int,
+        normalize: Callable[[np.ndarray], np.ndarray],
+        min_samples: int,
+        max_samples: int,
+        trim_silence: bool,
+    ):
+        self.paths = manifest["path"].to_list()
+        self.starts = manifest["start"].to_list() if "start" in manifest.columns else [None] * manifest.height
+        self.ends = manifest["end"].to_list() if "end" in manifest.columns else [None] * manifest.height
+        self.sr = sampling_rate
+        self.normalize = normalize
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.trim_silence = trim_silence
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        from cltm.audio import AudioError, load_audio
+
+        try:
+            wave = load_audio(
+                self.paths[row],
+                target_sr=self.sr,
+                start=self.starts[row],
+                end=self.ends[row],
+                trim_silence=self.trim_silence,
+            )
+        except AudioError as err:
+            return {"row": row, "error": err.reason}
+        except Exception as err:  # a decoder bug must cost one row, not the run
+            return {"row": row, "error": f"{type(err).__name__}: {err}"}
+        n = len(wave)
+        pieces = []
+        for a, b in windows(n, self.max_samples, self.min_samples):
+            piece = self.normalize(wave[a:b])  # each window is what the model would see as a file
+            if len(piece) < self.min_samples:  # shorter than one receptive field: pad with silence
+                piece = np.pad(piece, (0, self.min_samples - len(piece)))
+            pieces.append(piece)
+        return {"row": row, "pieces": pieces, "seconds": n / self.sr}
+
+
+def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items  # padding happens per micro-batch in the main thread (pieces are re-sorted there)
+
+
+# ------------------------------------------------------------------------------------------------ pooling
+def pool_batch(
+    model: LoadedModel,
+    pieces: Sequence[np.ndarray],
+    *,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    frames_layers: Sequence[int] = (),
+    use_attention_mask: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
+    """Run one padded batch; per piece: valid frame count [B], mean and M2 (sum of squared deviations)
+    [n_layers, B, dim] in float64, and the valid frames of ``frames_layers``."""
+    lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
+    total = int(lengths.max())
+    x = torch.zeros(len(pieces), total, dtype=torch.float32)
+    for i, p in enumerate(pieces):
+        x[i, : len(p)] = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
+    use_mask = model.return_attention_mask if use_attention_mask is None else use_attention_mask
+    mask = (torch.arange(total)[None, :] < lengths[:, None]).long() if use_mask else None
+    x = x.to(device, non_blocking=True)
+    if mask is not None:
+        mask = mask.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        hidden = model.hidden_states(x, mask)
+    n_frames_max = hidden[0].shape[1]
+    frames = model.frame_lengths(lengths).clamp(max=n_frames_max).to(device)
+    valid = (torch.arange(n_frames_max, device=device)[None, :] < frames[:, None]).float()  # [B, F]
+    count = valid.sum(1).clamp(min=1.0)  # [B]
+    means, m2s = [], []
+    frame_out: dict[int, list[np.ndarray]] = {layer: [] for layer in frames_layers}
+    for layer, h in enumerate(hidden):  # one layer at a time keeps peak memory at one [B, F, D] in float32
+        h = h.float()
+        mean = (h * valid[:, :, None]).sum(1) / count[:, None]
+        m2 = (((h - mean[:, None, :]) * valid[:, :, None]) ** 2).sum(1)
+        means.append(mean)
+        m2s.append(m2)
+        if layer in frame_out:
+            for i in range(len(pieces)):
+                frame_out[layer].append(h[i, : int(frames[i])].to(torch.float16).cpu().numpy())
+    mean_np = torch.stack(means).double().cpu().numpy()
+    m2_np = torch.stack(m2s).double().cpu().numpy()
+    return frames.cpu().numpy().astype(np.int64), mean_np, m2_np, frame_out
+
+
+def merge_moments(
+    counts: Sequence[int], means: Sequence[np.ndarray], m2s: Sequence[np.ndarray]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.'s exact merge of (count, mean, M2) over the windows of one file."""
+    n, mean, m2 = int(counts[0]), means[0].copy(), m2s[0].copy()
+    for nb, mb, m2b in zip(counts[1:], means[1:], m2s[1:], strict=True):
+        tot = n + int(nb)
+        delta = mb - mean
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta**2 * (n * nb / tot)
+        n = tot
+    return n, mean, m2
+
+
+# ------------------------------------------------------------------------------------------------- writer
+class _Writer(threading.Thread):
+    """Buffers finished rows and writes them (data, then done flags) off the compute thread."""
+
+    def __init__(self, cache: Cache, tag: str, flush_seconds: float, pooling: Sequence[str]):
+        super().__init__(name="cltm-cache-writer", daemon=True)
+        self.cache, self.tag, self.flush_seconds, self.pooling = cache, tag, flush_seconds, list(pooling)
+        self.queue: queue.Queue = queue.Queue(maxsize=16)
+        self.error: BaseException | None = None
+        self.failures: list[dict[str, str]] = []
+        self.n_written = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: list[int] = []
+        self.pooled: dict[str, list[np.ndarray]] = {s: [] for s in self.pooling}
+        self.n_frames: list[int] = []
+        self.seconds: list[float] = []
+        self.frames: dict[int, list[np.ndarray]] = {}
+        self._failures_dirty = False
+
+    def put(self, item: Any) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing to the cache failed: {self.error}") from self.error
+        self.queue.put(item)
+
+    def run(self) -> None:
+        last = time.monotonic()
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    self._flush()
+                    return
+                kind, payload = item
+                if kind == "row":
+                    row, stats, n_frames, seconds, frames = payload
+                    self.rows.append(row)
+                    self.seconds.append(seconds)
+                    for s in self.pooling:
+                        self.pooled[s].append(stats[s])
+                    self.n_frames.append(n_frames)
+                    for layer, f in frames.items():
+                        self.frames.setdefault(layer, []).append(f)
+                elif kind == "fail":
+                    self.failures.append(payload)
+                    self._failures_dirty = True
+                elif kind == "flush":
+                    self._flush()
+                    last = time.monotonic()
+                if time.monotonic() - last >= self.flush_seconds:
+                    self._flush()
+                    last = time.monotonic()
+        except BaseException as err:  # keep the error for the main thread; keep draining so it never blocks
+            self.error = err
+            while self.queue.get() is not None:
+                pass
+
+    def _flush(self) -> None:
+        if self.rows:
+            pooled = {s: np.stack(self.pooled[s], axis=1) for s in self.pooling}  # [L, rows, D]
+            self.cache.write_rows(
+                np.array(self.rows),
+                pooled,
+                np.array(self.n_frames),
+                seconds=np.array(self.seconds),
+                frames=self.frames or None,
+                writer=self.tag,
+            )
+            self.n_written += len(self.rows)
+        if self._failures_dirty:
+            self.cache.write_failures(pl.DataFrame(self.failures, schema=dict.fromkeys(
+                ("utt_id", "stage", "error"), pl.Utf8)), self.tag)
+        self._reset()
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _read_input_manifest(manifest: str | Path | pl.DataFrame) -> pl.DataFrame:
+    from cltm.corpus import read_manifest, validate
+
+    if isinstance(manifest, pl.DataFrame):
+        return validate(manifest)
+    return read_manifest(manifest)
+
+
+def extract(
+    manifest: str | Path | pl.DataFrame,
+    model: str | Path | LoadedModel,
+    out: str | Path,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
+    batch_seconds: float = 120.0,
+    num_workers: int = 2,
+    pool: Sequence[str] = ("mean", "std"),
+    frames_layers: Sequence[int] = (),
+    trim_silence: bool = False,
+    force: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    max_seconds: float = 60.0,
+    chunk_rows: int = 512,
+    window_chunks: int = 4,
+    flush_seconds: float = 60.0,
+    cache_dtype: str = "float16",
+    use_attention_mask: bool | None = None,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> ExtractionSummary:
+    """Extract pooled hidden states of every layer for every manifest row into the cache at ``out``.
+
+    Resumes when ``out`` already holds a cache of the same model/revision/config/manifest (done rows are
+    skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`) unless ``force``.
+    Unusable inputs go to the cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default
+    RANK/WORLD_SIZE from the environment) extracts only the chunks that shard owns. ``max_batches`` stops
+    early (tests, benchmarks). Returns an :class:`ExtractionSummary`.
+    """
+    import cltm
+    from cltm.corpus import manifest_hash
+
+    t0 = time.perf_counter()
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    k, n = shard if isinstance(shard, tuple) else parse_shard(shard)
+    table = _read_input_manifest(manifest)
+    mhash = manifest_hash(table)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        model, revision=revision, trust_remote_code=trust_remote_code
+    )
+    bad_layers = [x for x in frames_layers if not 0 <= int(x) < loaded.n_layers]
+    if bad_layers:
+        raise ValueError(
+            f"frames layers {bad_layers} out of range: the model has {loaded.n_layers} hidden states"
+        )
+    attrs = {
+        "model_id": loaded.model_id,
+        "revision": loaded.revision,
+        "config_hash": loaded.config_hash,
+        "manifest_hash": mhash,
+        "trim_silence": bool(trim_silence),
+        "sampling_rate": loaded.sampling_rate,
+        "hidden_state_definition": loaded.hidden_state_definition,
+        "do_normalize": loaded.do_normalize,
+        "attention_mask": loaded.return_attention_mask if use_attention_mask is None else use_attention_mask,
+        "max_seconds": float(max_seconds),
+        "pooling_definition": "mean and population std over valid (unpadded) frames of the whole file",
+        "tool": f"cltm {cltm.__version__}",
+        "model_info": loaded.extra,
+    }
+    cache = open_or_create(
+        out,
+        manifest=table,
+        n_layers=loaded.n_layers,
+        dim=loaded.hidden_size,
+        attrs=attrs,
+        pooling=tuple(pool),
+        dtype=cache_dtype,
+        chunk_rows=chunk_rows,
+        frames_layers=frames_layers,
+        force=force,
+    )
+    n_rows = cache.n_rows
+    owned = np.fromiter(iter_owned_rows(cache, (k, n)), dtype=np.int64)
+    done = cache.done
+    if force:  # a matching cache with --force: redo this shard's rows
+        cache.reset_rows(owned)
+        done[owned] = False
+    todo = owned[~done[owned]]
+    n_skipped = int(len(owned) - len(todo))
+    durations = header_durations(table, todo) if len(todo) else np.zeros(0)
+    plan = plan_batches(
+        todo, durations, cache.chunk_of(todo), batch_seconds=batch_seconds, window_chunks=window_chunks
+    )
+    if max_batches is not None:
+        plan = plan[:max_batches]
+    tag = f"shard-{k}-of-{n}"
+    writer = _Writer(cache, tag, flush_seconds, cache.pooling)
+    writer.start()
+    dev = _resolve_device(device)
+    loaded.to(dev)
+    autocast_dtype = _DTYPES[dtype]
+    dataset = _DecodeDataset(
+        table,
+        sampling_rate=loaded.sampling_rate,
+        normalize=loaded.normalize,
+        min_samples=loaded.min_samples,
+        max_samples=int(max_seconds * loaded.sampling_rate),
+        trim_silence=trim_silence,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[b for _, b in plan],
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    utt_ids = table["utt_id"].to_list()
+    run_failures: list[dict[str, str]] = []
+    seconds_done = 0.0
+    n_done_now = 0
+    max_piece_samples = int(batch_seconds * loaded.sampling_rate)
+
+    def fail(row: int, stage: str, error: str) -> None:
+        entry = {"utt_id": str(utt_ids[row]), "stage": stage, "error": error}
+        run_failures.append(entry)
+        writer.put(("fail", entry))
+
+    seconds_of = dict(zip(todo.tolist(), np.nan_to_num(durations, nan=0.0).tolist(), strict=True))
+    total_seconds = float(sum(seconds_of[r] for _, batch in plan for r in batch))
+    with _progress(progress, total_seconds, f"extract {tag}" if n > 1 else "extract") as advance:
+        try:
+            last_window = None
+            for (window, _), items in zip(plan, loader, strict=True):
+                if last_window is not None and window != last_window:
+                    writer.put(("flush", None))  # a window is finished: its chunks are written once
+                last_window = window
+                ok = []
+                for item in items:
+                    if "error" in item:
+                        fail(item["row"], "decode", item["error"])
+                    else:
+                        ok.append(item)
+                results = _forward_items(
+                    loaded, ok, dev, autocast_dtype, frames_layers, use_attention_mask, max_piece_samples,
+                    fail,
+                )
+                for row, seconds, stats, nf, frames in results:
+                    writer.put(("row", (row, stats, nf, seconds, frames)))
+                    seconds_done += seconds
+                    n_done_now += 1
+                advance(sum(seconds_of[it["row"]] for it in items))
+        finally:
+            writer.put(None)
+            writer.join()
+    if writer.error is not None:
+        raise RuntimeError(f"writing to the cache {out} failed: {writer.error}") from writer.error
+    failures = pl.DataFrame(run_failures, schema=dict.fromkeys(("utt_id", "stage", "error"), pl.Utf8))
+    return ExtractionSummary(
+        cache_path=Path(out),
+        n_rows=n_rows,
+        n_owned=int(len(owned)),
+        n_skipped=n_skipped,
+        n_done_now=n_done_now,
+        n_failed=failures.height,
+        audio_seconds=seconds_done,
+        wall_seconds=time.perf_counter() - t0,
+        shard=(k, n),
+        failures=failures,
+    )
+
+
+def _forward_items(
+    model: LoadedModel,
+    items: list[dict[str, Any]],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    frames_layers: Sequence[int],
+    use_attention_mask: bool | None,
+    max_batch_samples: int,
+    fail: Callable[[int, str, str], None],
+) -> list[tuple[int, float, dict[str, np.ndarray], int, dict[int, np.ndarray]]]:
+    """Forward all pieces of the decoded items in micro-batches of <= max_batch_samples padded samples, then
+    merge each file's pieces. Returns (row, seconds, {"mean","std"} [L, D] float32, n_frames, frames)."""
+    pieces = [(i, j, p) for i, it in enumerate(items) for j, p in enumerate(it["pieces"])]
+    pieces.sort(key=lambda t: -len(t[2]))
+    per_item: dict[int, list[tuple[int, int, np.ndarray, np.ndarray, dict[int, np.ndarray]]]] = {}
+    broken: set[int] = set()
+    start = 0
+    while start < len(pieces):
+        longest = len(pieces[start][2])  # sorted longest first: padded size = count x longest
+        stop = start + max(1, max_batch_samples // max(longest, 1))
+        group = pieces[start:stop]
+        start = stop
+        try:
+            counts, means, m2s, frames = pool_batch(
+                model,
+                [p for _, _, p in group],
+                device=device,
+                autocast_dtype=autocast_dtype,
+                frames_layers=frames_layers,
+                use_attention_mask=use_attention_mask,
+            )
+        except (RuntimeError, ValueError) as err:  # e.g. out of memory on one huge file: lose those rows only
+            for i, _, _ in group:
+                broken.add(i)
+                per_item.pop(i, None)
+            for i in {i for i, _, _ in group}:
+                fail(items[i]["row"], "forward", f"{type(err).__name__}: {str(err)[:300]}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        for b, (i, j, _) in enumerate(group):
+            if i in broken:
+                continue
+            per_item.setdefault(i, []).append(
+                (j, int(counts[b]), means[:, b], m2s[:, b], {layer: f[b] for layer, f in frames.items()})
+            )
+    out = []
+    for i, parts in per_item.items():
+        if i in broken or len(parts) != len(items[i]["pieces"]):
+            continue
+        parts.sort(key=lambda t: t[0])
+        n, mean, m2 = merge_moments([p[1] for p in parts], [p[2] for p in parts], [p[3] for p in parts])
+        std = np.sqrt(np.maximum(m2 / max(n, 1), 0.0))
+        row = items[i]["row"]
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            fail(row, "forward", "non-finite hidden states (try --dtype float32)")
+            continue
+        frames = {layer: np.concatenate([p[4][layer] for p in parts]) for layer in frames_layers}
+        stats = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+        out.append((row, float(items[i]["seconds"]), stats, n, frames))
+    return out
+
+
+class _progress:
+    """A rich progress bar in audio seconds (speed shown as audio-hours per second and x real time)."""
+
+    def __init__(self, enabled: bool, total_seconds: float, label: str):
+        self.enabled, self.total, self.label = enabled, total_seconds, label
+
+    def __enter__(self) -> Callable[[float], None]:
+        if not self.enabled:
+            return lambda _s: None
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.text import Text
+
+        class _Speed(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                if not speed:
+                    return Text("-- audio-h/s", style="progress.data.speed")
+                return Text(f"{speed / 3600:.3f} audio-h/s ({speed:.0f}x RT)", style="progress.data.speed")
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} s"),
+            _Speed(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._bar.start()
+        task = self._bar.add_task(self.label, total=max(self.total, 1e-9))
+        return lambda s: self._bar.advance(task, s)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._bar.stop()
+
+
+def iter_owned_rows(cache: Cache, shard: tuple[int, int]) -> Iterator[int]:
+    for c in owned_chunks(cache.n_chunks, shard):
+        yield from cache.chunk_rows_range(int(c))
+
+
+def rows_per_hour(cache: Cache) -> float:
+    """Rows per hour of audio, from the manifest durations (NaN when unknown)."""
+    if "duration" not in cache.manifest.columns:
+        return math.nan
+    return cache.n_rows / (cache.manifest["duration"].sum() / 3600)
