@@ -1,1 +1,67 @@
-"""The CLTM engine: conditions, sweep runner, statistics and matrix properties."""
+"""The CLTM engine: conditions, sweep runner, statistics and matrix properties.
+
+* ``plan_conditions`` / ``plan_languages``: the single source of training subsets and test sets;
+* ``run_matrix``: the per-layer sweep from a cache or any embeddings -> ``MatrixResult`` (runs, matrices,
+  properties, language_scores, skipped);
+* ``matrix_from_runs`` (statistics) and ``matrix_properties``; ``read_runs`` / ``write_results`` and the
+  column
+  contracts (``RUNS_COLUMNS``, ``MATRICES_COLUMNS``, ``PROPERTIES_COLUMNS``); ``load_families`` for the
+  language -> family map.
+"""
+
+from cltm.transfer.conditions import (
+    ConditionPlan,
+    ConditionPlans,
+    LanguagePlan,
+    plan_conditions,
+    plan_languages,
+    seed_list,
+)
+from cltm.transfer.families import default_families, family_of, load_families
+from cltm.transfer.properties import matrix_properties
+from cltm.transfer.runner import result_from_runs, run_matrix
+from cltm.transfer.stats import delta_method_se, matrix_array, matrix_from_runs
+from cltm.transfer.tables import (
+    AGGREGATE_COLUMNS,
+    LANGUAGE_SCORES_COLUMNS,
+    MATRICES_COLUMNS,
+    METRIC_COLUMNS,
+    PROPERTIES_COLUMNS,
+    RUNS_COLUMNS,
+    SKIPPED_COLUMNS,
+    MatrixResult,
+    read_results,
+    read_runs,
+    write_reference_csv,
+    write_results,
+)
+
+__all__ = [
+    "AGGREGATE_COLUMNS",
+    "LANGUAGE_SCORES_COLUMNS",
+    "MATRICES_COLUMNS",
+    "METRIC_COLUMNS",
+    "PROPERTIES_COLUMNS",
+    "RUNS_COLUMNS",
+    "SKIPPED_COLUMNS",
+    "ConditionPlan",
+    "ConditionPlans",
+    "LanguagePlan",
+    "MatrixResult",
+    "default_families",
+    "delta_method_se",
+    "family_of",
+    "load_families",
+    "matrix_array",
+    "matrix_from_runs",
+    "matrix_properties",
+    "plan_conditions",
+    "plan_languages",
+    "read_results",
+    "read_runs",
+    "result_from_runs",
+    "run_matrix",
+    "seed_list",
+    "write_reference_csv",
+    "write_results",
+]

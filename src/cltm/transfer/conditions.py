@@ -160,12 +160,16 @@ def plan_languages(
     split_seed: int = 0,
     trial_seed: int = 0,
     max_targets_per_speaker: int = 20,
+    usable_column: str | None = None,
 ) -> tuple[dict[str, LanguagePlan], pl.DataFrame]:
     """Per-language test sets and nested training subsets; returns ``(plans by language, skipped)``.
 
     ``n``: N per class for classification tasks, N utterances for ``speaker``. ``trials``: an optional user
     trial
     list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment utterance's language.
+    ``usable_column``: a boolean column; rows where it is false (e.g. never extracted) are left out
+    everywhere,
+    while row indices still count every manifest row.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -181,6 +185,8 @@ def plan_languages(
             + ("" if label_col is None else " (any label column can be a task: --task COLUMN)")
         )
     frame = manifest.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    if usable_column is not None:
+        frame = frame.filter(pl.col(usable_column)).drop(usable_column)
     if label_col == "gender":
         from cltm.corpus.manifest import normalize_genders
 
