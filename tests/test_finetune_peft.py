@@ -1,4 +1,4 @@
-"""PEFT modes train only their own parameters; every mode starts as the unchanged encoder; valid-frame pooling."""
+"""PEFT modes train only their own parameters; each starts as the unchanged encoder; valid-frame pooling."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_gates_are_identity_and_scale_the_layer_input(tiny_dir):
 
 
 def test_valid_frame_pooling_matches_one_utterance_at_a_time(tiny_dir):
-    """Batched pooling over valid frames == pooling each utterance alone (layer-norm model: attention mask)."""
+    """Batched pooling over valid frames == each utterance pooled alone (layer-norm model: attention mask)."""
     model = _fresh(tiny_dir, "none").eval()
     waves = _waves(3, seed=7)
     values, mask = pad_batch(waves)

@@ -144,28 +144,37 @@ def plan_finetune_runs(
 
     Delegates the subsets, test sets and trials to :func:`cltm.transfer.plan_conditions`.
     """
-    from cltm.transfer import plan_conditions
+    from cltm.transfer.conditions import plan_conditions
 
     languages = sorted({lang for cell in cells for lang in cell})
-    kwargs: dict = dict(
-        n=n, seeds=list(seeds), languages=languages, cells=list(cells), test_fraction=test_fraction
+    planned = plan_conditions(
+        manifest,
+        task,
+        n=n,
+        seeds=list(seeds),
+        languages=languages,
+        cells=list(cells),
+        test_fraction=test_fraction,
+        zero_shot=False,
     )
-    if task not in ("gender", "speaker"):
-        kwargs["label"] = task
-    planned = plan_conditions(manifest, task, **kwargs)
-    plans = planned[0] if isinstance(planned, tuple) else getattr(planned, "plans", planned)
     wanted = {(c, t, t) for t, _ in cells for c in ("single", "self")} | {("pair", t, d) for t, d in cells}
     chosen: dict[tuple, object] = {}
-    for plan in plans:
-        key = (plan.condition, plan.target, plan.donor if plan.condition == "pair" else plan.target)
+    for plan in planned:
+        key = (plan.condition, plan.target, plan.donor)
         if key in wanted and (*key, int(plan.seed)) not in chosen:
             chosen[(*key, int(plan.seed))] = plan
-    missing = sorted({(c, t, d) for c, t, d in wanted} - {k[:3] for k in chosen})
+    missing = sorted(wanted - {k[:3] for k in chosen})
     if missing:
+        skipped = getattr(planned, "skipped", None)
+        reasons = (
+            "; ".join(f"{r['language']}: {r['reason']}" for r in skipped.iter_rows(named=True))
+            if skipped is not None and skipped.height
+            else "too few utterances or speakers"
+        )
         raise FinetuneError(
             "the sampler could not plan "
             + ", ".join(f"{c} {t}:{d}" for c, t, d in missing)
-            + f" with n={n} (too few utterances or speakers in those languages?); see `cltm corpus info`"
+            + f" with n={n} ({reasons}); see `cltm corpus info`, or lower --n"
         )
     order = {c: i for i, c in enumerate(FINETUNE_CONDITIONS)}
     return sorted(chosen.values(), key=lambda p: (int(p.seed), p.target, order[p.condition], str(p.donor)))
@@ -231,6 +240,10 @@ def run_one(
     if column not in manifest.columns:
         raise FinetuneError(f"the manifest has no {column!r} column for task {task!r}")
     labels = manifest[column].cast(pl.String)
+    if column == "gender":  # the planner classifies normalised genders; train on the same values
+        from cltm.corpus.manifest import normalize_genders
+
+        labels = normalize_genders(labels)
     train_rows = np.asarray(plan.train_rows, dtype=np.int64)
     train_values = labels.gather(train_rows).to_list()
     verification = task in VERIFICATION_TASKS
@@ -287,16 +300,20 @@ def _score_trials(model, trials: pl.DataFrame, manifest, waves, settings, device
 
     if trials is None or trials.height == 0:
         raise FinetuneError("speaker task: the plan has no trials to score")
-    utts = pl.concat([trials["enroll"], trials["test"]]).unique(maintain_order=True)
-    row_of = dict(zip(manifest["utt_id"].to_list(), range(manifest.height), strict=True))
-    unknown = [u for u in utts.to_list() if u not in row_of]
-    if unknown:
-        raise FinetuneError(f"trial utterances not in the manifest: {unknown[:5]}")
-    rows = np.array([row_of[u] for u in utts.to_list()], dtype=np.int64)
+    if {"enroll_row", "test_row"} <= set(trials.columns):  # the planner already resolved utt_ids to rows
+        enroll_rows, test_rows = trials["enroll_row"].to_numpy(), trials["test_row"].to_numpy()
+    else:
+        row_of = dict(zip(manifest["utt_id"].to_list(), range(manifest.height), strict=True))
+        unknown = [
+            u for u in set(trials["enroll"].to_list()) | set(trials["test"].to_list()) if u not in row_of
+        ]
+        if unknown:
+            raise FinetuneError(f"trial utterances not in the manifest: {sorted(unknown)[:5]}")
+        enroll_rows = np.array([row_of[u] for u in trials["enroll"].to_list()], dtype=np.int64)
+        test_rows = np.array([row_of[u] for u in trials["test"].to_list()], dtype=np.int64)
+    rows, inverse = np.unique(np.concatenate([enroll_rows, test_rows]), return_inverse=True)
     emb = embed_utterances(model, waves(rows), settings, device=device, num_workers=num_workers)
-    index = {u: i for i, u in enumerate(utts.to_list())}
-    enroll = emb[[index[u] for u in trials["enroll"].to_list()]]
-    test = emb[[index[u] for u in trials["test"].to_list()]]
+    enroll, test = emb[inverse[: len(enroll_rows)]], emb[inverse[len(enroll_rows) :]]
     scores = np.einsum("ij,ij->i", enroll, test)  # cosine: embeddings are L2-normalised
     return verification_metrics(trials["label"].to_numpy().astype(np.int64), scores)
 
