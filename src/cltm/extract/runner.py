@@ -602,7 +602,8 @@ class _progress:
 
         class _Speed(ProgressColumn):
             def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
+                elapsed = task.elapsed or 0.0
+                speed = task.completed / elapsed if elapsed > 0 else None
                 if not speed:
                     return Text("-- audio-h/s", style="progress.data.speed")
                 return Text(f"{speed / 3600:.3f} audio-h/s ({speed:.0f}x RT)", style="progress.data.speed")

@@ -1,0 +1,146 @@
+"""`cltm extract`: pooled hidden states of every layer into a resumable Zarr cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 20
+
+
+def _csv_ints(text: str | None, option: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated layer numbers, e.g. 6,9; got {text!r}",
+                                 param_hint=option) from None
+
+
+def extract_command(
+    manifest: Path = typer.Option(..., "--manifest", help="Corpus manifest (Parquet/CSV/TSV) to extract."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        help="HF model id (e.g. utter-project/mHuBERT-147), a local model directory, or 'fbank'.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Cache directory to create or resume (e.g. feats.zarr)."),
+    revision: str | None = typer.Option(None, "--revision", help="Model revision (branch, tag or commit)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto = cuda when available)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Compute precision: float32 | float16 | bfloat16 (autocast)."
+    ),
+    batch_seconds: float = typer.Option(
+        120.0, "--batch-seconds", help="Audio seconds per batch (utterances are sorted by length first)."
+    ),
+    num_workers: int = typer.Option(2, "--num-workers", help="DataLoader worker processes for decoding."),
+    pool: str = typer.Option("mean,std", "--pool", help="Pooled statistics to store: mean, std or mean,std."),
+    frames_layers: str | None = typer.Option(
+        None, "--frames-layers", help="Also store frame-level features of these layers, e.g. 6,9."
+    ),
+    trim_silence: bool = typer.Option(
+        False, "--trim-silence", help="Cut leading/trailing silence before encoding."
+    ),
+    max_seconds: float = typer.Option(
+        60.0, "--max-seconds", help="Files longer than this are encoded in windows of this length."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any input failed."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Rebuild a cache made from another model/revision/manifest (default: refuse); "
+        "on a matching cache, re-extract this shard's rows.",
+    ),
+    shard: str | None = typer.Option(
+        None, "--shard", help="k/n: extract shard k (from 0) of n. Default: RANK/WORLD_SIZE env (torchrun)."
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Allow model code from the hub repository (off by default)."
+    ),
+    flush_seconds: float = typer.Option(
+        60.0, "--flush-seconds", help="Write finished rows at least this often (bounds work lost on a crash)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Extract pooled (mean/std over valid frames) hidden states of EVERY layer into a Zarr cache.
+
+    Re-running the same command resumes (done rows are skipped). Unusable audio is recorded in the cache's
+    failure table and the run goes on; see `cltm store info CACHE`.
+    """
+    from rich.console import Console
+
+    from cltm.corpus import ManifestError
+    from cltm.extract.runner import extract, parse_shard
+    from cltm.store import CacheError
+
+    try:  # the CLI has its own progress bar; transformers' weight-loading bars would interleave with it
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    console = Console(stderr=True)
+    pools = [p.strip() for p in pool.split(",") if p.strip()]
+    if not pools or any(p not in ("mean", "std") for p in pools):
+        raise typer.BadParameter(f"use mean, std or mean,std; got {pool!r}", param_hint="--pool")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise typer.BadParameter(f"use float32, float16 or bfloat16; got {dtype!r}", param_hint="--dtype")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise typer.BadParameter(f"use auto, cpu or cuda; got {device!r}", param_hint="--device")
+    if batch_seconds <= 0 or max_seconds <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--batch-seconds/--max-seconds")
+    try:
+        shard_kn = parse_shard(shard)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--shard") from None
+    if not manifest.exists():
+        raise typer.BadParameter(f"{manifest} does not exist", param_hint="--manifest")
+    layers = _csv_ints(frames_layers, "--frames-layers")
+    try:
+        summary = extract(
+            manifest,
+            model,
+            out,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            dtype=dtype,
+            batch_seconds=batch_seconds,
+            num_workers=num_workers,
+            pool=pools,
+            frames_layers=layers,
+            trim_silence=trim_silence,
+            force=force,
+            shard=shard_kn,
+            max_seconds=max_seconds,
+            flush_seconds=flush_seconds,
+            progress=not quiet,
+        )
+    except (CacheError, ManifestError, ValueError, OSError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    k, n = summary.shard
+    where = f" (shard {k}/{n})" if n > 1 else ""
+    console.print(
+        f"[bold]{summary.n_done_now}[/bold] rows extracted{where}, {summary.n_skipped} already done, "
+        f"[bold]{summary.n_failed}[/bold] failed; {summary.audio_seconds / 3600:.3f} h of audio in "
+        f"{summary.wall_seconds:.1f} s ({summary.realtime_factor:.0f}x real time)."
+    )
+    console.print(f"cache: {summary.cache_path}  ({summary.n_done_total}/{summary.n_rows} rows done)")
+    if summary.n_failed:
+        for rec in summary.failures.head(5).iter_rows(named=True):
+            console.print(f"  [yellow]{rec['utt_id']}[/yellow] {rec['stage']}: {rec['error']}")
+        more = summary.n_failed - min(5, summary.n_failed)
+        console.print(
+            (f"  … and {more} more. " if more else "  ")
+            + f"All failures: `cltm store info {summary.cache_path}` or Cache.open(...).failures."
+        )
+        if strict:
+            console.print("[red]--strict: failing because some inputs could not be extracted.[/red]")
+            raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_command)

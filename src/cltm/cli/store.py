@@ -1,0 +1,105 @@
+"""`cltm store info|verify|export`: look at, check and convert an embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 30
+
+store_app = typer.Typer(
+    help="Inspect, verify and export an embedding cache built by `cltm extract`.", no_args_is_help=True
+)
+
+
+def _open(cache_path: Path):
+    from cltm.store import Cache, CacheError
+
+    try:
+        return Cache.open(cache_path)
+    except CacheError as err:
+        raise typer.BadParameter(str(err), param_hint="CACHE") from None
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@store_app.command("info")
+def info_command(
+    cache_path: Path = typer.Argument(..., metavar="CACHE", help="Cache directory (e.g. feats.zarr)."),
+    failures: int = typer.Option(10, "--failures", help="How many failed rows to list."),
+) -> None:
+    """Model, layers, dim, rows done/failed, bytes on disk and per hour of audio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cltm.store.tools import cache_info
+
+    cache = _open(cache_path)
+    info = cache_info(cache)
+    table = Table(show_header=False, box=None)
+    for key in ("path", "model_id", "revision", "config_hash", "n_layers", "dim", "pooling", "dtype",
+                "rows", "done", "failed", "pending", "frames_layers", "tool", "created"):
+        table.add_row(key, str(info[key]))
+    table.add_row("audio hours (done)", f"{info['audio_hours_done']:.3f}")
+    table.add_row("bytes on disk", _human_bytes(info["bytes_on_disk"]))
+    per_hour = info["bytes_per_audio_hour"]
+    table.add_row("bytes per audio hour", _human_bytes(per_hour) if per_hour == per_hour else "n/a")
+    console = Console()
+    console.print(table)
+    fails = cache.failures
+    if fails.height:
+        console.print(f"\n[yellow]{fails.height} failed rows[/yellow] (first {min(failures, fails.height)}):")
+        for rec in fails.head(failures).iter_rows(named=True):
+            console.print(f"  {rec['utt_id']}  {rec['stage']}: {rec['error']}")
+
+
+@store_app.command("verify")
+def verify_command(
+    cache_path: Path = typer.Argument(..., metavar="CACHE", help="Cache directory to check."),
+) -> None:
+    """Check every done row: chunk present, finite, consistent with the manifest. Exit 1 on problems."""
+    from rich.console import Console
+
+    from cltm.store.tools import verify_cache
+
+    console = Console()
+    report = verify_cache(_open(cache_path))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if report.ok:
+        console.print(f"[green]ok[/green]: {report.checked_rows} done rows checked in {cache_path}")
+        return
+    for problem in report.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    console.print(
+        f"[red]{len(report.problems)} problem(s)[/red]. Rows with missing/bad data can be re-extracted: mark "
+        "them not done (Cache.open(path, mode='r+').reset_rows(rows)) and re-run the same `cltm extract`."
+    )
+    raise typer.Exit(1)
+
+
+@store_app.command("export")
+def export_command(
+    cache_path: Path = typer.Argument(..., metavar="CACHE", help="Cache directory to export."),
+    format: str = typer.Option("h5", "--format", help="Output format: h5 (HDF5, with metadata) or npz."),
+    out: Path = typer.Option(..., "--out", help="Output file."),
+) -> None:
+    """Write the pooled features, flags, manifest, failures and metadata to one file."""
+    from cltm.store.tools import EXPORTERS, export_cache
+
+    if format not in EXPORTERS:
+        raise typer.BadParameter(f"use one of {', '.join(sorted(EXPORTERS))}; got {format!r}",
+                                 param_hint="--format")
+    written = export_cache(_open(cache_path), out, format)
+    typer.echo(f"wrote {written}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(store_app, name="store")
