@@ -13,7 +13,9 @@ CLTM cell differ only by the extra N utterances.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -243,7 +245,8 @@ def make_trials(
 
     Target trials: unordered pairs of two different utterances of one speaker, at most
     ``max_targets_per_speaker`` per speaker (a seeded choice among all pairs). Non-target trials: exactly one
-    per target trial, with the same enrolment utterance and a test utterance of another speaker, of the same
+    per target trial, with the same enrolment utterance (when that utterance still has an unused partner;
+    otherwise any unused pair of the group) and a test utterance of another speaker, of the same
     gender when ``same_gender`` (rows with no gender are then left out, and so are speakers who are the only
     one of their gender) and of the same language when the pool has a ``language`` column. No self-pairs, no
     pair twice (in either orientation). Targets come first, then non-targets, each in seeded order.
@@ -295,21 +298,33 @@ def make_trials(
     speaker_of = dict(zip(pool["utt_id"].to_list(), pool["speaker"].to_list(), strict=True))
     used = {frozenset((e, t)) for e, t, _ in targets}
     nontargets: list[tuple[str, str]] = []
+    short_by_group: Counter[str] = Counter()
     for enroll, _, g in targets:
         ids, spk = by_group[g]
-        # random draws first (almost always one suffices), then an exhaustive seeded scan before giving up
+        # random draws first (almost always one suffices), then an exhaustive seeded scan
         candidates = np.concatenate([rng.integers(0, len(ids), size=32), rng.permutation(len(ids))])
         for k in candidates:
             if spk[k] != speaker_of[enroll] and frozenset((enroll, ids[k])) not in used:
                 used.add(frozenset((enroll, ids[k])))
                 nontargets.append((enroll, str(ids[k])))
                 break
-        else:
+        else:  # this enrolment has no unused partner left (tiny groups): take any unused pair of the group
+            short_by_group[g] += 1
+    for g, missing in short_by_group.items():
+        ids, spk = by_group[g]
+        free = [
+            (str(ids[a]), str(ids[b]))
+            for a, b in itertools.combinations(range(len(ids)), 2)
+            if spk[a] != spk[b] and frozenset((ids[a], ids[b])) not in used
+        ]
+        if len(free) < missing:
+            n_targets = sum(1 for _, _, tg in targets if tg == g)
             raise SamplingError(
-                f"make_trials: ran out of distinct non-target pairs for enrolment {enroll!r} (group {g!r}: "
-                f"{len(ids)} utterances); the pool is too small for {len(targets)} target trials: lower "
-                "max_targets_per_speaker"
+                f"make_trials: group {g!r} (language/gender) has {len(ids)} utterances and only "
+                f"{n_targets - missing + len(free)} distinct non-target pairs for {n_targets} target trials; "
+                "lower max_targets_per_speaker or add speakers"
             )
+        nontargets.extend(free[i] for i in sorted(rng.choice(len(free), size=missing, replace=False)))
     return pl.DataFrame(
         {
             "enroll": [e for e, _, _ in targets] + [e for e, _ in nontargets],
