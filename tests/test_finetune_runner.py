@@ -284,3 +284,85 @@ def test_parse_cells():
     for bad in ("en", "en:", "en:en", "en:de:fr", ","):
         with pytest.raises(FinetuneError):
             parse_cells(bad)
+
+
+# --- the command line
+
+
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from cltm.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_runs_then_resumes(corpus, tmp_path):
+    manifest_path, model_dir = corpus
+    args = [
+        "finetune",
+        "--manifest",
+        str(manifest_path),
+        "--model",
+        str(model_dir),
+        "--task",
+        "gender",
+        "--cells",
+        "fr:de",
+        "--n",
+        "2",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+        "--lr",
+        "1e-3",
+        "--peft",
+        "lora",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    first = _cli(args)
+    assert first.exit_code == 0, first.output
+    runs = pl.read_parquet(tmp_path / "o" / "runs.parquet")
+    assert sorted(runs["condition"].to_list()) == ["pair", "self", "single"]
+    assert (runs["probe"] == "finetune-lora").all() and (runs["target"] == "fr").all()
+    assert "3 run(s) trained" in first.output
+    second = _cli(args)
+    assert second.exit_code == 0 and "0 run(s) trained, 3 already done" in second.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cells", "fr"], "TARGET:DONOR"),
+        (["--cells", "fr:de", "--task", "emotion"], "emotion"),
+        (["--cells", "fr:xx"], "xx"),
+        (["--cells", "fr:de", "--peft", "prefix"], "--peft"),
+        (["--cells", "fr:de", "--seeds", "two"], "--seeds"),
+    ],
+)
+def test_cli_bad_input_gives_a_clean_error(corpus, tmp_path, extra, message):
+    manifest_path, model_dir = corpus
+    args = [
+        "finetune",
+        "--manifest",
+        str(manifest_path),
+        "--model",
+        str(model_dir),
+        "--task",
+        "gender",
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
+    result = _cli(args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output

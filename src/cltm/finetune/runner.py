@@ -173,7 +173,7 @@ def plan_finetune_runs(
         )
         raise FinetuneError(
             "the sampler could not plan "
-            + ", ".join(f"{c} {t}:{d}" for c, t, d in missing)
+            + ", ".join(f"{c} {t}:{d}" if c == "pair" else f"{c} {t}" for c, t, d in missing)
             + f" with n={n} ({reasons}); see `cltm corpus info`, or lower --n"
         )
     order = {c: i for i, c in enumerate(FINETUNE_CONDITIONS)}

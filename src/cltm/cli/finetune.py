@@ -1,0 +1,258 @@
+"""`cltm finetune`: re-measure chosen CLTM cells by fine-tuning the encoder (or a PEFT part of it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 60
+
+HELP = (
+    "Fine-tune the speech encoder for chosen CLTM cells, the published way, on the probe sweep's subsets.\n\n"
+    "For every cell TARGET:DONOR and seed it trains three models from the pre-trained weights: `single` (N "
+    "of the target), `self` (2N of the target) and `pair` (N of the target + N of the donor), and scores "
+    "them on the target's held-out test set (speaker: cosine scoring of the target's trials). Subsets, test "
+    "sets and trials come from the same planner as `cltm matrix`, so the two CLTMs compare cell by cell.\n\n"
+    "Results: DIR/runs.parquet (one row per run, source=finetune), written after every run; re-running the "
+    "same command skips finished runs. Turn them into a CLTM with "
+    "`cltm matrix --from-runs DIR/runs.parquet`.\n\n"
+    "Several GPUs: `torchrun --nproc-per-node 4 -m cltm.finetune ARGS` or `accelerate launch -m "
+    "cltm.finetune ARGS` (same ARGS as here) spreads the runs over the processes, one whole run per process."
+)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            seeds = list(range(count))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give a count S (seeds 0..S-1) or a comma-separated list such as 0,1,7",
+            param_hint="--seeds",
+        ) from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise typer.BadParameter(f"{text!r}: seeds must be distinct and non-empty", param_hint="--seeds")
+    return seeds
+
+
+def finetune_command(
+    manifest: Path = typer.Option(
+        ..., "--manifest", exists=True, dir_okay=False, help="Corpus manifest (Parquet/CSV/TSV) to train on."
+    ),
+    model: str = typer.Option(
+        ..., "--model", help="Hub id (e.g. utter-project/mHuBERT-147) or local directory of the encoder."
+    ),
+    task: str = typer.Option(
+        ..., "--task", help="gender, speaker (verification), or the name of any label column of the manifest."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output directory (runs.parquet, finetune_config.json)."),
+    n: int = typer.Option(
+        ...,
+        "--n",
+        min=1,
+        help="N: per class for classification tasks, utterances for speaker (as in matrix).",
+    ),
+    cells: str | None = typer.Option(
+        None, "--cells", help="Cells to fine-tune, TARGET:DONOR comma-separated, e.g. en:es,en:de."
+    ),
+    seeds: str = typer.Option("3", "--seeds", help="Seed count S (seeds 0..S-1) or a list like 0,1,7."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over each training subset (published: 1)."),
+    lr: float = typer.Option(
+        1e-5, "--lr", min=0.0, help="AdamW learning rate, linear decay (published: 1e-5)."
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Utterances per step (published: 1)."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 (published) or bf16 (autocast; GPUs with bf16 support)."
+    ),
+    grad_clip: float = typer.Option(
+        1.0, "--grad-clip", min=0.0, help="Gradient-norm clipping (published: 1.0; 0 turns it off)."
+    ),
+    peft: str = typer.Option(
+        "none",
+        "--peft",
+        help="none (full fine-tune), lora (attention + feed-forward projections), adapter (bottleneck "
+        "hidden/16 on each feed-forward output) or gating (sigmoid gates on each layer's input).",
+    ),
+    embed_last_k: int = typer.Option(
+        4, "--embed-last-k", min=1, help="Speaker task: embeddings = mean of the last K hidden states."
+    ),
+    from_matrix: Path | None = typer.Option(
+        None,
+        "--from-matrix",
+        exists=True,
+        file_okay=False,
+        help="A `cltm matrix --out` directory: fine-tune its top cells instead of (or besides) --cells.",
+    ),
+    top: int = typer.Option(5, "--top", min=1, help="With --from-matrix: how many cells to take."),
+    layer: int | None = typer.Option(
+        None, "--layer", help="With --from-matrix: the probe layer to rank cells at (default: the deepest)."
+    ),
+    by: str = typer.Option(
+        "abs", "--by", help="With --from-matrix: abs (largest |CLTM|) or unstable (unstable, largest SE)."
+    ),
+    matrix_probe: str | None = typer.Option(
+        None, "--matrix-probe", help="With --from-matrix: which probe's matrix, when it holds several."
+    ),
+    model_name: str | None = typer.Option(
+        None, "--model-name", help="Value of the `model` column (default: --model as given)."
+    ),
+    test_fraction: float = typer.Option(
+        0.25, "--test-fraction", help="Test share of speakers when the manifest has no split (as in matrix)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when there is one), cpu or cuda."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader workers decoding audio."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cltm.finetune.peft_modes import PEFT_MODES
+    from cltm.finetune.runner import cells_from_matrix, parse_cells, run_finetune
+    from cltm.finetune.runs import FinetuneError
+    from cltm.finetune.train import PRECISIONS, TrainSettings
+
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(
+            f"{precision!r}: use one of {', '.join(PRECISIONS)}", param_hint="--precision"
+        )
+    if peft not in PEFT_MODES:
+        raise typer.BadParameter(f"{peft!r}: use one of {', '.join(PEFT_MODES)}", param_hint="--peft")
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"{device!r}: use auto, cpu or cuda", param_hint="--device")
+    if by not in ("abs", "unstable"):
+        raise typer.BadParameter(f"{by!r}: use abs or unstable", param_hint="--by")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda: no CUDA device is visible (use --device cpu or auto)")
+    seed_values = _seeds(seeds)
+    try:
+        chosen = parse_cells(cells) if cells else []
+        if from_matrix is not None:
+            for cell in cells_from_matrix(
+                from_matrix, task=task, top=top, layer=layer, by=by, probe=matrix_probe
+            ):
+                if cell not in chosen:
+                    chosen.append(cell)
+        if not chosen:
+            raise typer.BadParameter(
+                "name cells with --cells TARGET:DONOR,... or pick them with --from-matrix"
+            )
+        settings = TrainSettings(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            precision=precision,
+            grad_clip=grad_clip,
+            peft=peft,
+            embed_last_k=embed_last_k,
+        )
+        result = run_finetune(
+            manifest,
+            model,
+            task,
+            chosen,
+            n=n,
+            seeds=seed_values,
+            out_dir=out,
+            settings=settings,
+            model_name=model_name,
+            test_fraction=test_fraction,
+            device=device,
+            num_workers=num_workers,
+            progress=not quiet,
+        )
+    except typer.BadParameter:
+        raise
+    except (FinetuneError, ValueError, FileNotFoundError, OSError) as err:
+        raise _fail(str(err)) from None
+    except Exception as err:  # audio errors carry the file; anything else still gets a clean line
+        from cltm.audio import AudioError
+
+        if isinstance(err, AudioError):
+            raise _fail(f"{err} (fix or remove that manifest row)") from None
+        raise
+
+    console = Console()
+    console.print(
+        f"{result.ran} run(s) trained, {result.skipped} already done; {result.runs.height} run(s) in "
+        f"{result.out_dir / 'runs.parquet'}"
+    )
+    _print_cells(console, Table, result.runs, task)
+    console.print(
+        f"CLTM of these runs: cltm matrix --from-runs {result.out_dir / 'runs.parquet'} --task {task} "
+        "--out DIR"
+    )
+
+
+def _print_cells(console, table_cls, runs, task: str) -> None:
+    """Mean metric per condition, and the CLTM cells when every condition is there."""
+    import polars as pl
+
+    metric = "auc" if task == "speaker" else "f1"
+    if runs.height == 0 or metric not in runs.columns:
+        return
+    summary = (
+        runs.filter(pl.col("task") == task)
+        .group_by("probe", "target", "donor", "condition", maintain_order=True)
+        .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("sd"), pl.len().alias("seeds"))
+        .sort("probe", "target", "condition", "donor")
+    )
+    table = table_cls(title=f"fine-tuned {metric} (mean over seeds)")
+    for column in ("probe", "condition", "target", "donor", "seeds", "mean", "sd"):
+        table.add_column(column)
+    for row in summary.iter_rows(named=True):
+        sd = "" if row["sd"] is None else f"{row['sd']:.3f}"
+        table.add_row(
+            row["probe"],
+            row["condition"],
+            row["target"],
+            row["donor"],
+            str(row["seeds"]),
+            f"{row['mean']:.3f}",
+            sd,
+        )
+    console.print(table)
+    try:
+        from cltm.transfer.stats import matrix_from_runs
+
+        matrices = matrix_from_runs(runs.filter(pl.col("task") == task))
+    except Exception:  # the summary above is the essential output; the CLTM is a convenience here
+        return
+    cells = matrices.filter(pl.col("target") != pl.col("donor"))
+    if cells.height:
+        table = table_cls(title="fine-tuned CLTM cells")
+        for column in ("probe", "target", "donor", "cltm", "se", "unstable"):
+            table.add_column(column)
+        for row in cells.iter_rows(named=True):
+            fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+            table.add_row(
+                row["probe"],
+                row["target"],
+                row["donor"],
+                fmt(row["cltm"]),
+                fmt(row["cltm_se"]),
+                str(row["unstable"]),
+            )
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune", help=HELP, short_help="Fine-tune chosen CLTM cells (full or PEFT).")(
+        finetune_command
+    )
