@@ -145,6 +145,20 @@ def test_common_voice_locale_selection_and_validated_rows(common_voice):
     assert df.filter(pl.col("split").is_null()).height == 2  # only the clips in no split file
 
 
+def test_clip_durations_tsv_fills_durations(tmp_path):
+    build_common_voice(tmp_path, clips_per_file=2, extra_validated=1)
+    clips = sorted(p.name for p in (tmp_path / "zh-HK" / "clips").iterdir())
+    milliseconds = {clip: (0 if i == 0 else 200 + 10 * i) for i, clip in enumerate(clips)}
+    lines = ["clip\tduration[ms]", *(f"{clip}\t{ms}" for clip, ms in milliseconds.items())]
+    (tmp_path / "zh-HK" / "clip_durations.tsv").write_text("\n".join(lines) + "\n")
+    df = import_commonvoice(tmp_path, include_validated=True)
+    got = dict(zip(df["utt_id"], df["duration"], strict=True))
+    for clip, ms in milliseconds.items():
+        assert got[clip.removesuffix(".mp3")] == (None if ms == 0 else ms / 1000)  # 0 ms: unknown, not 0 s
+    catalan = df.filter(pl.col("language") == "ca")
+    assert catalan.height == 7 and catalan["duration"].null_count() == 7  # no table: unknown
+
+
 def test_a_single_locale_directory_is_accepted(common_voice):
     root, expected = common_voice
     df = import_commonvoice(root / "ca")  # old release: no locale column, language comes from the dir name

@@ -160,7 +160,8 @@ def import_commonvoice(
     ``client_id`` becomes ``speaker``; ``path`` becomes ``<locale dir>/clips/<path>``; ``locale`` (or the
     directory name) becomes ``language``; gender is normalised over the old and new vocabularies; ``split``
     comes from the file name (``dev`` stays ``dev``); ``utt_id`` is the clip name without its extension.
-    Other columns (``sentence``, ``age``, ``accents``, votes, …) are kept as label columns.
+    Other columns (``sentence``, ``age``, ``accents``, votes, …) are kept as label columns; ``duration``
+    comes from the locale's ``clip_durations.tsv`` when the release has one (v14 and later).
     ``include_validated`` adds the rows of ``validated.tsv`` that are in none of the split files, with a null
     split (the sampling code can split them speaker-disjointly). ``locales=None`` imports every locale found.
     """
@@ -205,9 +206,28 @@ def import_commonvoice(
             if in_splits.height:
                 validated = validated.join(in_splits, on="utt_id", how="anti")
             parts.append(validated)
-        frames.extend(parts)
+        locale_rows = pl.concat(parts, how="diagonal_relaxed")
+        frames.append(_with_clip_durations(locale_rows, locale_dir))
     df = pl.concat(frames, how="diagonal_relaxed")
     return _finish(df, root)
+
+
+def _with_clip_durations(df: pl.DataFrame, locale_dir: Path) -> pl.DataFrame:
+    """Add ``duration`` from ``clip_durations.tsv`` (releases since v14: clip, duration[ms]) when present."""
+    table = locale_dir / "clip_durations.tsv"
+    if not table.is_file() or "duration" in df.columns:
+        return df
+    durations = pl.read_csv(table, separator="\t", quote_char=None, infer_schema=False)
+    ms_column = next((c for c in durations.columns if c.startswith("duration")), None)
+    if "clip" not in durations.columns or ms_column is None:
+        return df  # an unknown layout is not worth failing the import for: extraction measures durations
+    durations = durations.select(
+        pl.col("clip").str.replace(r"\.[^./]*$", "").alias("utt_id"),
+        (pl.col(ms_column).cast(pl.Float64, strict=False) / 1000.0).alias("duration"),
+    ).unique("utt_id", keep="first")
+    # a zero or unparsable entry stays unknown rather than failing validation
+    durations = durations.with_columns(pl.when(pl.col("duration") > 0).then(pl.col("duration")))
+    return df.join(durations, on="utt_id", how="left", maintain_order="left")
 
 
 # ----------------------------------------------------------------------------------------------------------
