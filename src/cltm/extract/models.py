@@ -62,6 +62,17 @@ def conv_receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> 
     return n
 
 
+class _Precomputed(torch.nn.Module):
+    """Stands in for a model's conv feature encoder and returns features computed beforehand."""
+
+    def __init__(self, features: torch.Tensor):
+        super().__init__()
+        self.features = features
+
+    def forward(self, _input_values: torch.Tensor) -> torch.Tensor:
+        return self.features
+
+
 @dataclass
 class LoadedModel:
     """An encoder ready for extraction, with everything the runner needs to batch and pool correctly."""
@@ -96,6 +107,38 @@ class LoadedModel:
             return wave.astype(np.float32, copy=False)
         wave = wave.astype(np.float32, copy=False)
         return ((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)).astype(np.float32)
+
+    @property
+    def per_utterance_cnn(self) -> bool:
+        """Group-norm feature encoders (wav2vec2/HuBERT base) normalise over time, so zero padding
+        changes every frame; running their CNN on each unpadded utterance makes batched output equal
+        single-file output."""
+        return self.kind == "hf" and self.extra.get("feat_extract_norm") == "group"
+
+    @torch.inference_mode()
+    def hidden_states_unpadded_cnn(
+        self, input_values: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Like :meth:`hidden_states`, but the conv feature encoder sees each utterance without padding.
+
+        The transformer then runs batched with the attention mask (the model zeroes and masks padded frames,
+        which is what a lone utterance sees). Done by handing the model's own forward the per-utterance CNN
+        features in place of its feature encoder, so everything after the CNN is the model's own code.
+        """
+        m = self.model
+        encoder = m.feature_extractor
+        feats = [
+            encoder(input_values[i : i + 1, :n])[0].transpose(0, 1) for i, n in enumerate(lengths.tolist())
+        ]
+        padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).transpose(1, 2)  # [B, C, F]
+        positions = torch.arange(input_values.shape[1], device=input_values.device)
+        mask = (positions[None, :] < lengths.to(input_values.device)[:, None]).long()
+        m.feature_extractor = _Precomputed(padded)
+        try:
+            out = m(input_values, attention_mask=mask, output_hidden_states=True, return_dict=True)
+        finally:
+            m.feature_extractor = encoder
+        return tuple(out.hidden_states)
 
     def to(self, device: torch.device | str) -> LoadedModel:
         if self.model is not None:

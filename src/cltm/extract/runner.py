@@ -212,6 +212,7 @@ def pool_batch(
     autocast_dtype: torch.dtype | None,
     frames_layers: Sequence[int] = (),
     use_attention_mask: bool | None = None,
+    exact_group_norm: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, list[np.ndarray]]]:
     """Run one padded batch; per piece: valid frame count [B], mean and M2 (sum of squared deviations)
     [n_layers, B, dim] in float64, and the valid frames of ``frames_layers``."""
@@ -226,7 +227,10 @@ def pool_batch(
     if mask is not None:
         mask = mask.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        hidden = model.hidden_states(x, mask)
+        if exact_group_norm and model.per_utterance_cnn and len(pieces) > 1:
+            hidden = model.hidden_states_unpadded_cnn(x, lengths)
+        else:
+            hidden = model.hidden_states(x, mask)
     n_frames_max = hidden[0].shape[1]
     frames = model.frame_lengths(lengths).clamp(max=n_frames_max).to(device)
     valid = (torch.arange(n_frames_max, device=device)[None, :] < frames[:, None]).float()  # [B, F]
