@@ -1,1 +1,27 @@
-"""Heatmaps, layer curves, the HTML report and table exports."""
+"""Heatmaps, layer curves, the HTML report and table exports.
+
+``build_report(results_dir, out_dir)`` is the entry point (``cltm report`` calls it); the pieces are usable on
+their own: :func:`heatmap_data` decides what a heatmap shows (clipped / unstable / faded cells, annotation
+size) and :func:`draw_heatmap` draws it.
+"""
+
+from cltm.report.build import build_report, normalise_formats
+from cltm.report.export import matrix_latex, matrix_wide, write_matrix_csv, write_matrix_latex
+from cltm.report.heatmap import HeatmapData, annotation_layout, draw_heatmap, heatmap_data
+from cltm.report.results import ReportInputError, read_results, resolve_families
+
+__all__ = [
+    "HeatmapData",
+    "ReportInputError",
+    "annotation_layout",
+    "build_report",
+    "draw_heatmap",
+    "heatmap_data",
+    "matrix_latex",
+    "matrix_wide",
+    "normalise_formats",
+    "read_results",
+    "resolve_families",
+    "write_matrix_csv",
+    "write_matrix_latex",
+]

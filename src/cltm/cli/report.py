@@ -1,0 +1,122 @@
+"""`cltm report`: render the HTML report (heatmaps, layer views, exports) of a results directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+ORDER = 70
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"0,4,8"`` or ``"2-6"`` or ``"0,3-5,12"`` -> sorted layer list (None when not given)."""
+    if text is None or not text.strip():
+        return None
+    layers: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                start, stop = (int(x) for x in part.split("-", 1))
+                if stop < start or start < 0:
+                    raise ValueError
+                layers.update(range(start, stop + 1))
+            else:
+                layers.add(int(part))
+        except ValueError as exc:
+            raise typer.BadParameter(
+                f"{part!r} is not a layer or range; use e.g. --layers 0,4,8 or --layers 2-6",
+                param_hint="--layers",
+            ) from exc
+    return sorted(layers)
+
+
+def report_command(
+    results_dir: Path = typer.Argument(
+        ..., help="Results directory written by `cltm matrix --out DIR` (runs/matrices/properties.parquet)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: index.html, figures/ and tables/."),
+    clip: float = typer.Option(
+        1.5, "--clip", min=0.01, help="Clip the colour scale at ±CLIP; cells beyond it are marked with ▲/▼."
+    ),
+    families: Path | None = typer.Option(
+        None,
+        "--families",
+        help="Language -> family map ordering the matrices: TSV `language<TAB>family` or a JSON object. "
+        "Default: the shipped Common Voice map.",
+    ),
+    formats: str = typer.Option(
+        "png",
+        "--format",
+        help="Figure formats, comma-separated from png, svg, pdf (the page shows png or svg).",
+    ),
+    layers: str | None = typer.Option(
+        None,
+        "--layers",
+        help="Only these layers, e.g. `0,4,8` or `2-6` (default: every layer in the results).",
+    ),
+    finetune: list[Path] = typer.Option(
+        [],
+        "--finetune",
+        help="A `cltm finetune --out` directory whose runs are compared with the probe matrices "
+        "(repeat the option for several).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Render the CLTM report: one heatmap per (task, model, probe, layer), layer views, donor/receiver
+    charts, properties, probe-vs-fine-tune comparison, CSV/LaTeX exports, all linked from OUT/index.html."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cltm.report import ReportInputError, build_report, normalise_formats
+
+    console = Console(stderr=True)
+    try:
+        format_list = normalise_formats(formats)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--format") from exc
+    if families is not None and not families.exists():
+        raise typer.BadParameter(f"{families}: file not found", param_hint="--families")
+    layer_list = parse_layers(layers)
+    progress = Progress(
+        TextColumn("[bold]report[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    )
+    with progress:
+        task_id = progress.add_task("reading results", total=None)
+
+        def advance(step: str, done: int, total: int) -> None:
+            progress.update(task_id, description=step, completed=done, total=total)
+
+        try:
+            index = build_report(
+                results_dir,
+                out,
+                clip=clip,
+                families=families,
+                formats=format_list,
+                layers=layer_list,
+                finetune_dirs=finetune,
+                progress=advance,
+            )
+        except (ReportInputError, FileNotFoundError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+    typer.echo(str(index))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "report",
+        help="Render the HTML report of a `cltm matrix` results directory (heatmaps, layer views, exports).",
+    )(report_command)

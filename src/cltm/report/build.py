@@ -1,0 +1,583 @@
+"""``build_report``: a results directory in, one HTML page with its figures and table exports out."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+import polars as pl
+from matplotlib.figure import Figure
+
+import cltm
+from cltm.report import html
+from cltm.report.export import matrix_wide, write_matrix_csv, write_matrix_latex
+from cltm.report.heatmap import DEFAULT_FADE_RANGE, HeatmapData, draw_heatmap, heatmap_data
+from cltm.report.layers import (
+    best_layer,
+    draw_layer_curves,
+    draw_small_multiples,
+    layer_summary,
+    perf_column,
+    single_performance,
+)
+from cltm.report.results import ResultTables, add_runs, read_results, resolve_families
+from cltm.report.summaries import (
+    donor_receiver_scores,
+    draw_donor_receiver,
+    draw_finetune_scatter,
+    finetune_pairs,
+    spearman_by_layer,
+    split_finetune,
+    top_pairs,
+)
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+PAGE_FORMATS = ("png", "svg")
+"""Formats an <img> can show; the page uses the first one asked for, and adds PNG when only PDF is."""
+DPI = 110
+LARGE_DPI = 150
+"""Heatmaps past 25 languages get more pixels so that their small annotations stay legible."""
+TOP_PAIRS = 10
+
+
+@dataclass
+class GroupReport:
+    """What the page shows for one (task, model, probe): figure paths (relative to the page) and tables."""
+
+    task: str
+    model: str
+    probe: str
+    finetune: bool
+    layers: list[int]
+    best: int | None
+    criterion: str
+    heatmaps: dict[int, HeatmapData]
+    figures: dict[str, dict[str, str]] = field(default_factory=dict)
+    """figure name -> {format: relative path}; heatmaps are named ``heatmap_L<layer>``."""
+    exports: dict[int, dict[str, str]] = field(default_factory=dict)
+    summary: pl.DataFrame = field(default_factory=pl.DataFrame)
+    properties: pl.DataFrame = field(default_factory=pl.DataFrame)
+    config: dict[str, str] = field(default_factory=dict)
+    positive: pl.DataFrame = field(default_factory=pl.DataFrame)
+    negative: pl.DataFrame = field(default_factory=pl.DataFrame)
+    scores_source: str = ""
+
+    @property
+    def anchor(self) -> str:
+        return slug(f"{self.task}-{self.model}-{self.probe}")
+
+
+def slug(text: str) -> str:
+    """A file/anchor-safe name: letters, digits, dot, dash and underscore only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
+
+
+def normalise_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """``"png,svg"`` or an iterable -> validated lower-case tuple (order kept, duplicates dropped)."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    cleaned = tuple(dict.fromkeys(f.strip().lower().lstrip(".") for f in items if f.strip()))
+    unknown = [f for f in cleaned if f not in FIGURE_FORMATS]
+    if unknown or not cleaned:
+        raise ValueError(
+            f"figure format(s) {unknown or formats!r} not supported; choose from {FIGURE_FORMATS}"
+        )
+    return cleaned
+
+
+class _Saver:
+    """Saves figures in every requested format under ``out_dir/figures`` and remembers relative paths."""
+
+    def __init__(self, out_dir: Path, formats: tuple[str, ...]) -> None:
+        self.out_dir = out_dir
+        self.page_format = next((f for f in formats if f in PAGE_FORMATS), "png")
+        self.formats = tuple(dict.fromkeys((*formats, self.page_format)))
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+
+    def save(self, fig: Figure, stem: str, *, dpi: int = DPI) -> dict[str, str]:
+        paths = {}
+        for fmt in self.formats:
+            relative = f"figures/{stem}.{fmt}"
+            # metadata without dates keeps reruns byte-identical where the backend allows it
+            metadata = {"Software": None} if fmt == "png" else ({"Date": None} if fmt == "svg" else None)
+            fig.savefig(self.out_dir / relative, dpi=dpi, bbox_inches="tight", metadata=metadata)
+            paths[fmt] = relative
+        fig.clear()
+        return paths
+
+
+def _config(runs: pl.DataFrame, matrices: pl.DataFrame, layers: list[int]) -> dict[str, str]:
+    """The configuration that produced one group's results, as the runs table records it."""
+    config: dict[str, str] = {}
+
+    def values(df: pl.DataFrame, column: str) -> list:
+        return (
+            sorted(df[column].drop_nulls().unique().to_list()) if column in df.columns and df.height else []
+        )
+
+    config["model"] = ", ".join(map(str, values(matrices, "model")))
+    config["config hash"] = ", ".join(map(str, values(runs, "config_hash"))) or "(no runs table)"
+    single = runs.filter(pl.col("condition") == "single") if "condition" in runs.columns else runs
+    config["N (train size, single condition)"] = ", ".join(map(str, values(single, "n_train"))) or "–"
+    seeds = values(runs, "seed")
+    if seeds:
+        config["seeds"] = (
+            f"{len(seeds)} ({', '.join(map(str, seeds[:12]))}{', …' if len(seeds) > 12 else ''})"
+        )
+    elif "n_seeds" in matrices.columns and matrices["n_seeds"].drop_nulls().len():
+        config["seeds"] = str(int(matrices["n_seeds"].drop_nulls().max()))
+    metric = values(matrices, "metric") or ([perf_column(runs)] if runs.height else [])
+    config["Perf metric"] = ", ".join(metric) or "–"
+    config["conditions"] = ", ".join(values(runs, "condition")) or "–"
+    config["source"] = ", ".join(values(runs, "source")) or "–"
+    languages = sorted(set(matrices["target"].to_list()) | set(matrices["donor"].to_list()))
+    config["languages"] = f"{len(languages)}: {', '.join(languages)}"
+    config["layers"] = ", ".join(map(str, layers))
+    return config
+
+
+def _performance(runs: pl.DataFrame, matrices: pl.DataFrame) -> pl.DataFrame:
+    """Perf(i) per layer: from the runs table, else from the matrices' ``perf_single`` column."""
+    performance = single_performance(runs)
+    if performance.height or "perf_single" not in matrices.columns:
+        return performance
+    return (
+        matrices.filter(pl.col("perf_single").is_not_null())
+        .group_by("layer", "target")
+        .agg(pl.col("perf_single").first().alias("perf"))
+        .with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("perf_sd"), pl.lit(None, dtype=pl.UInt32).alias("seeds")
+        )
+        .sort("layer", "target")
+    )
+
+
+def _scores(tables: ResultTables, data: HeatmapData) -> tuple[pl.DataFrame, str]:
+    """Receiver/donor scores at one layer: the engine's ``language_scores`` table, else computed here."""
+    scores = tables.language_scores
+    if scores.height and {"receiver_score", "donor_score", "language"} <= set(scores.columns):
+        chosen = scores.filter(
+            (pl.col("task") == data.task)
+            & (pl.col("model") == data.model)
+            & (pl.col("probe") == data.probe)
+            & (pl.col("layer") == data.layer)
+        )
+        if chosen.height:
+            family = dict(zip(data.rows + data.cols, data.row_families + data.col_families, strict=True))
+            return chosen.select(
+                "language",
+                pl.col("language").replace_strict(family, default="other").alias("family"),
+                pl.col("receiver_score").alias("receiver"),
+                pl.col("donor_score").alias("donor"),
+            ), "language_scores.parquet (the CLTM engine's definition)"
+    return donor_receiver_scores(data), "computed from the matrix, unstable cells left out"
+
+
+def build_report(
+    results_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    clip: float = 1.5,
+    families: Mapping[str, str] | str | Path | None = None,
+    formats: str | Sequence[str] = ("png",),
+    layers: Sequence[int] | None = None,
+    fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
+    finetune_dirs: Sequence[str | Path] = (),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Render the report of a results directory into ``out_dir``; returns ``out_dir/index.html``.
+
+    ``families``: a language -> family mapping, a TSV/JSON file, or None for the shipped Common Voice map.
+    ``formats``: figure formats written (png, svg, pdf; the page shows PNG or SVG). ``layers``: only these
+    layers (default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose runs are compared with
+    the probe matrices. ``progress(step, done, total)`` is called after each (task, model, probe) group.
+    """
+    if clip <= 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tables").mkdir(exist_ok=True)
+    tables = read_results(results_dir)
+    if finetune_dirs:
+        tables = add_runs(tables, list(finetune_dirs))
+    family_map = resolve_families(families)
+    saver = _Saver(out_dir, normalise_formats(formats))
+    probe_matrices, finetune_matrices = split_finetune(tables)
+    all_matrices = (
+        pl.concat(
+            [
+                probe_matrices.with_columns(pl.lit(False).alias("__ft")),
+                finetune_matrices.with_columns(pl.lit(True).alias("__ft")),
+            ],
+            how="diagonal_relaxed",
+        )
+        if finetune_matrices.height
+        else probe_matrices.with_columns(pl.lit(False).alias("__ft"))
+    )
+    all_matrices = all_matrices.with_columns(pl.col("layer").cast(pl.Int64))
+    if layers is not None:
+        wanted = sorted({int(layer) for layer in layers})
+        present = set(all_matrices["layer"].unique().to_list())
+        if not present & set(wanted):
+            raise ValueError(
+                f"none of the layers {wanted} is in {tables.results_dir}; layers present: {sorted(present)}"
+            )
+        # fine-tune matrices live at their own (last) layer and are kept whatever the selection
+        all_matrices = all_matrices.filter(pl.col("layer").is_in(wanted) | pl.col("__ft"))
+    groups = sorted(
+        all_matrices.partition_by(["task", "model", "probe"], as_dict=True, maintain_order=True).items(),
+        key=lambda item: (str(item[0][0]), str(item[0][1]), bool(item[1]["__ft"][0]), str(item[0][2])),
+    )
+    reports: list[GroupReport] = []
+    for index, ((task, model, probe), group) in enumerate(groups, start=1):
+        reports.append(
+            _render_group(
+                tables,
+                group.drop("__ft"),
+                bool(group["__ft"][0]),
+                task,
+                model,
+                probe,
+                clip=clip,
+                families=family_map,
+                fade_range=fade_range,
+                saver=saver,
+            )
+        )
+        if progress is not None:
+            progress(f"{task} · {model} · {probe}", index, len(groups))
+    comparisons = _render_finetune(
+        probe_matrices.filter(pl.col("layer").is_in(all_matrices["layer"].unique().to_list())),
+        finetune_matrices,
+        clip=clip,
+        saver=saver,
+    )
+    page = _page(
+        tables,
+        reports,
+        comparisons,
+        clip=clip,
+        fade_range=fade_range,
+        saver=saver,
+        families_source=_families_source(families),
+    )
+    index_path = out_dir / "index.html"
+    index_path.write_text(page, encoding="utf-8")
+    return index_path
+
+
+def _families_source(families: Mapping[str, str] | str | Path | None) -> str:
+    if families is None:
+        return "shipped Common Voice map (cltm.transfer.families)"
+    if isinstance(families, (str, Path)):
+        return f"file {families}"
+    return "mapping given by the caller"
+
+
+def _render_group(
+    tables: ResultTables,
+    matrices: pl.DataFrame,
+    finetune: bool,
+    task: str,
+    model: str,
+    probe: str,
+    *,
+    clip: float,
+    families: Mapping[str, str],
+    fade_range: tuple[float, float],
+    saver: _Saver,
+) -> GroupReport:
+    runs = tables.runs
+    if runs.height:
+        runs = runs.filter((pl.col("task") == task) & (pl.col("model") == model) & (pl.col("probe") == probe))
+    layer_list = sorted(matrices["layer"].unique().to_list())
+    if runs.height:
+        runs = runs.filter(pl.col("layer").is_in(layer_list))
+    rows = sorted(set(matrices["target"].to_list()))
+    cols = sorted(set(matrices["donor"].to_list()))
+    heatmaps = {
+        layer: heatmap_data(
+            matrices.filter(pl.col("layer") == layer),
+            clip=clip,
+            families=families,
+            fade_range=fade_range,
+            rows=rows,
+            cols=cols,
+        )
+        for layer in layer_list
+    }
+    properties = tables.properties
+    if properties.height:
+        properties = properties.filter(
+            (pl.col("task") == task)
+            & (pl.col("model") == model)
+            & (pl.col("probe") == probe)
+            & pl.col("layer").cast(pl.Int64).is_in(layer_list)
+        ).sort("layer")
+    summary = layer_summary(list(heatmaps.values()), properties)
+    performance = _performance(runs, matrices)
+    best, criterion = best_layer(performance, summary)
+    report = GroupReport(
+        task=task,
+        model=model,
+        probe=probe,
+        finetune=finetune,
+        layers=layer_list,
+        best=best,
+        criterion=criterion,
+        heatmaps=heatmaps,
+        summary=summary,
+        properties=properties,
+        config=_config(runs, matrices, layer_list),
+    )
+    stem = report.anchor
+    for layer, data in heatmaps.items():
+        dpi = LARGE_DPI if max(data.values.shape) > 25 else DPI
+        report.figures[f"heatmap_L{layer}"] = saver.save(draw_heatmap(data), f"{stem}_L{layer}", dpi=dpi)
+        base = saver.out_dir / "tables" / f"{stem}_L{layer}"
+        write_matrix_csv(data, base.with_suffix(".csv"))
+        write_matrix_latex(data, base.with_suffix(".tex"))
+        matrix_wide(data, values="cltm_se").write_csv(f"{base}_se.csv", float_precision=6)
+        report.exports[layer] = {
+            "CSV": f"tables/{stem}_L{layer}.csv",
+            "SE CSV": f"tables/{stem}_L{layer}_se.csv",
+            "LaTeX": f"tables/{stem}_L{layer}.tex",
+        }
+    summary.write_csv(saver.out_dir / "tables" / f"{stem}_layers.csv")
+    title = f"{task} · {model} · {probe}"
+    if len(layer_list) > 1:
+        report.figures["small_multiples"] = saver.save(
+            draw_small_multiples(list(heatmaps.values()), title=title, best=best), f"{stem}_layers_grid"
+        )
+        metric = matrices["metric"].drop_nulls().unique().to_list() if "metric" in matrices.columns else []
+        report.figures["layer_curves"] = saver.save(
+            draw_layer_curves(
+                performance,
+                summary,
+                best=best,
+                criterion=criterion,
+                families=families,
+                title=title,
+                metric=(metric[0] if metric else perf_column(runs)).upper(),
+            ),
+            f"{stem}_layer_curves",
+        )
+    focus = heatmaps[best if best in heatmaps else layer_list[-1]]
+    scores, report.scores_source = _scores(tables, focus)
+    report.figures["donor_receiver"] = saver.save(
+        draw_donor_receiver(
+            scores, focus, title=f"{title} · layer {focus.layer}", source=report.scores_source
+        ),
+        f"{stem}_donor_receiver",
+    )
+    report.positive, report.negative = top_pairs(focus, TOP_PAIRS)
+    return report
+
+
+@dataclass
+class FinetuneComparison:
+    task: str
+    model: str
+    probe: str
+    finetune: str
+    correlations: pl.DataFrame
+    figure: dict[str, str]
+    pairs_csv: str
+
+    @property
+    def anchor(self) -> str:
+        return slug(f"{self.task}-{self.model}-{self.probe}-vs-{self.finetune}")
+
+
+def _render_finetune(
+    probe_matrices: pl.DataFrame, finetune_matrices: pl.DataFrame, *, clip: float, saver: _Saver
+) -> list[FinetuneComparison]:
+    pairs = finetune_pairs(probe_matrices, finetune_matrices)
+    if pairs.is_empty():
+        return []
+    comparisons = []
+    for (task, model, probe, finetune), group in pairs.partition_by(
+        ["task", "model", "probe", "finetune"], as_dict=True, maintain_order=True
+    ).items():
+        correlations = spearman_by_layer(group)
+        stem = slug(f"{task}-{model}-{probe}-vs-{finetune}")
+        figure = saver.save(
+            draw_finetune_scatter(
+                group,
+                correlations,
+                clip=clip,
+                title=f"{task} · {model}: {probe} CLTM per layer vs {finetune} CLTM",
+            ),
+            stem,
+        )
+        group.write_csv(saver.out_dir / "tables" / f"{stem}.csv", float_precision=6)
+        comparisons.append(
+            FinetuneComparison(task, model, probe, finetune, correlations, figure, f"tables/{stem}.csv")
+        )
+    return comparisons
+
+
+def _page(
+    tables: ResultTables,
+    reports: list[GroupReport],
+    comparisons: list[FinetuneComparison],
+    *,
+    clip: float,
+    fade_range: tuple[float, float],
+    saver: _Saver,
+    families_source: str,
+) -> str:
+    fmt = saver.page_format
+    tasks = list(dict.fromkeys(r.task for r in reports))
+    parts = [
+        "<h1>Cross-Lingual Transfer Matrices</h1>",
+        f'<p class="note">Results: <code>{escape(str(tables.results_dir.resolve()))}</code> · cltm '
+        f"{escape(cltm.__version__)} · colours clipped at ±{clip:g} · families: "
+        f"{escape(families_source)}</p>",
+        "<p>CLTM[i, j] = (Perf(i+j) − Perf(i)) / (Perf(i+i) − Perf(i)): rows are target languages i, columns "
+        "donor languages j; 1 = the donor is worth as much as the same amount of own-language data, 0 = no "
+        "effect, &lt; 0 = harmful. Heatmaps: red = negative, blue = positive, grey diagonal "
+        f"(1 by definition); ▲/▼ = beyond ±{clip:g}; pale = the sign is not decisive "
+        f"({fade_range[0]:g} &lt; P(cell &gt; 0) &lt; "
+        f"{fade_range[1]:g}); hatched = unstable (own-data gain Perf(i+i) − Perf(i) not clearly positive, so "
+        "the ratio is noise). Family blocks are outlined.</p>",
+        "<nav><h2>Contents</h2><ul>",
+    ]
+    for task in tasks:
+        parts.append(f'<li><a href="#task-{slug(task)}">{escape(task)}</a><ul>')
+        parts += [
+            f'<li><a href="#{r.anchor}">{escape(r.model)} · {escape(r.probe)}</a></li>'
+            for r in reports
+            if r.task == task
+        ]
+        parts.append("</ul></li>")
+    if comparisons:
+        parts.append('<li><a href="#finetune">probe vs fine-tune</a></li>')
+    parts.append("</ul></nav>")
+    for task in tasks:
+        parts.append(f'<section id="task-{slug(task)}"><h2>Task: {escape(task)}</h2>')
+        for report in (r for r in reports if r.task == task):
+            parts.append(_group_html(report, fmt))
+        for comparison in (c for c in comparisons if c.task == task):
+            parts.append(_comparison_html(comparison, fmt))
+        parts.append("</section>")
+    if comparisons:
+        parts.append('<section id="finetune"><h2>Probe vs fine-tune: Spearman per layer</h2>')
+        every = pl.concat([c.correlations for c in comparisons])
+        every.write_csv(saver.out_dir / "tables" / "finetune_spearman.csv", float_precision=6)
+        parts.append(html.table(every))
+        parts.append(html.links([("CSV", "tables/finetune_spearman.csv")]))
+        parts.append("</section>")
+    extra = sorted(p.name for p in tables.results_dir.glob("*.json"))
+    if extra:
+        parts.append("<section><h2>Configuration files in the results directory</h2>")
+        for name in extra:
+            try:
+                text = json.dumps(json.loads((tables.results_dir / name).read_text()), indent=2)
+            except (OSError, ValueError):
+                continue
+            parts.append(f"<h3>{escape(name)}</h3><pre>{escape(text)}</pre>")
+        parts.append("</section>")
+    return html.page("CLTM report", "\n".join(parts))
+
+
+def _group_html(report: GroupReport, fmt: str) -> str:
+    kind = "fine-tune" if report.finetune else "probe"
+    best_text = "–" if report.best is None else str(report.best)
+    config = pl.DataFrame({"setting": list(report.config), "value": list(report.config.values())})
+    parts = [
+        f'<section id="{report.anchor}"><h3>{escape(report.model)} · {escape(report.probe)} ({kind})</h3>',
+        html.table(
+            config.vstack(
+                pl.DataFrame({"setting": ["best layer"], "value": [f"{best_text} ({report.criterion})"]})
+            )
+        ),
+    ]
+    if "layer_curves" in report.figures:
+        parts.append("<h4>Layer views</h4>")
+        parts.append(
+            html.figure(
+                report.figures["layer_curves"][fmt], f"layer curves {report.anchor}", report.criterion
+            )
+        )
+        parts.append(
+            html.figure(
+                report.figures["small_multiples"][fmt],
+                f"matrix per layer {report.anchor}",
+                "The matrix at every layer, same order and colours.",
+            )
+        )
+        parts.append(
+            html.table(report.summary, caption="per-layer summary (mean over stable off-diagonal cells)")
+        )
+        parts.append(html.links([("layer summary CSV", f"tables/{report.anchor}_layers.csv")]))
+    focus = report.best if report.best in report.heatmaps else report.layers[-1]
+    parts.append(
+        f"<h4>Heatmap at layer {focus}" + (" (best layer)" if focus == report.best else "") + "</h4>"
+    )
+    parts.append(html.figure(report.figures[f"heatmap_L{focus}"][fmt], f"CLTM heatmap layer {focus}"))
+    parts.append(
+        html.links(
+            list(report.exports[focus].items()) + _other_formats(report.figures[f"heatmap_L{focus}"], fmt)
+        )
+    )
+    others = [layer for layer in report.layers if layer != focus]
+    if others:
+        parts.append(f"<details><summary>Heatmaps of the other {len(others)} layer(s)</summary>")
+        for layer in others:
+            parts.append(f"<h5>layer {layer}</h5>")
+            parts.append(
+                html.figure(
+                    report.figures[f"heatmap_L{layer}"][fmt], f"CLTM heatmap layer {layer}", lazy=True
+                )
+            )
+            parts.append(
+                html.links(
+                    list(report.exports[layer].items())
+                    + _other_formats(report.figures[f"heatmap_L{layer}"], fmt)
+                )
+            )
+        parts.append("</details>")
+    parts.append(f"<h4>Donors and receivers (layer {focus})</h4>")
+    parts.append(
+        html.figure(
+            report.figures["donor_receiver"][fmt],
+            "donor and receiver scores",
+            f"Scores: {report.scores_source}.",
+        )
+    )
+    parts.append(f'<h4>Top pairs (layer {focus}, stable cells)</h4><div class="pairs">')
+    parts.append(html.table(report.positive, caption="most positive transfer"))
+    parts.append(html.table(report.negative, caption="most negative transfer"))
+    parts.append("</div>")
+    if report.properties.height:
+        keep = [c for c in report.properties.columns if c not in ("task", "model", "probe")]
+        parts.append("<h4>Matrix properties (CLTM engine)</h4>")
+        parts.append(html.table(report.properties.select(keep)))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _other_formats(paths: dict[str, str], shown: str) -> list[tuple[str, str]]:
+    return [(fmt.upper(), path) for fmt, path in paths.items() if fmt != shown]
+
+
+def _comparison_html(comparison: FinetuneComparison, fmt: str) -> str:
+    return "\n".join(
+        [
+            f'<section id="{comparison.anchor}">',
+            f"<h3>{escape(comparison.model)}: {escape(comparison.probe)} vs "
+            f"{escape(comparison.finetune)}</h3>",
+            html.figure(
+                comparison.figure[fmt],
+                "probe vs fine-tune CLTM",
+                "Each point is one off-diagonal cell with both a probe and a fine-tune value; axes clipped.",
+            ),
+            html.table(comparison.correlations.drop("task", "model"), caption="Spearman ρ per probe layer"),
+            html.links([("cells CSV", comparison.pairs_csv)]),
+            "</section>",
+        ]
+    )

@@ -1,0 +1,274 @@
+"""Layer views: Perf(i) and matrix summaries across layers, the best layer, the small-multiples grid."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+
+from cltm.report.heatmap import HeatmapData, _draw_cells, family_colors, grid_shape
+
+BEST_LAYER_CRITERION = (
+    "best layer = highest mean Perf(i) over target languages in the single condition "
+    "(trained on N samples of i, probe runs only); ties go to the shallower layer"
+)
+BEST_LAYER_FALLBACK_CRITERION = (
+    "best layer = highest mean off-diagonal CLTM over stable cells (no single-condition runs available)"
+)
+VERIFICATION_MARKER_COLUMN = "eer"
+
+
+def perf_column(runs: pl.DataFrame) -> str:
+    """The higher-is-better metric of DESIGN §4.1: ROC-AUC for verification runs, macro-F1 otherwise."""
+    if VERIFICATION_MARKER_COLUMN in runs.columns and runs[VERIFICATION_MARKER_COLUMN].drop_nulls().len():
+        return "auc"
+    return "f1"
+
+
+def single_performance(runs: pl.DataFrame) -> pl.DataFrame:
+    """Mean and between-seed SD of Perf(i) (single condition, probe runs) per layer and target.
+
+    ``runs`` holds the runs of one (task, model, probe). Returns columns layer, target, perf, perf_sd, seeds.
+    """
+    empty = pl.DataFrame(
+        schema={
+            "layer": pl.Int64,
+            "target": pl.Utf8,
+            "perf": pl.Float64,
+            "perf_sd": pl.Float64,
+            "seeds": pl.UInt32,
+        }
+    )
+    if runs.is_empty() or "condition" not in runs.columns:
+        return empty
+    single = runs.filter(pl.col("condition") == "single")
+    if "source" in single.columns:
+        single = single.filter(pl.col("source").fill_null("probe") != "finetune")
+    metric = perf_column(single) if single.height else "f1"
+    if single.is_empty() or metric not in single.columns:
+        return empty
+    return (
+        single.group_by("layer", "target")
+        .agg(
+            pl.col(metric).cast(pl.Float64).mean().alias("perf"),
+            pl.col(metric).cast(pl.Float64).std().alias("perf_sd"),
+            pl.len().cast(pl.UInt32).alias("seeds"),
+        )
+        .sort("layer", "target")
+    )
+
+
+def layer_summary(heatmaps: Sequence[HeatmapData], properties: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per layer: mean/median off-diagonal CLTM over stable cells, share positive, asymmetry, unstable count.
+
+    ``share_positive`` and ``asymmetry`` come from the CLTM engine's ``properties`` table when it has them
+    (the single source of those definitions); only when absent are they computed here from the matrix, over
+    all
+    off-diagonal cells with a value: share of cells > 0 and ‖M−Mᵀ‖_F/‖M‖_F. The mean leaves unstable cells out
+    because their ratios (often ±10 or more) would swamp it.
+    """
+    rows = []
+    for data in heatmaps:
+        off = ~data.diagonal & ~data.missing
+        stable = off & ~data.unstable
+        values = data.values[off]
+        record = {
+            "layer": data.layer,
+            "mean_offdiag": float(np.mean(data.values[stable])) if stable.any() else float("nan"),
+            "median_offdiag": float(np.median(data.values[stable])) if stable.any() else float("nan"),
+            "share_positive": float(np.mean(values > 0)) if values.size else float("nan"),
+            "asymmetry": _asymmetry(data),
+            "n_unstable": int(data.unstable.sum()),
+            "n_cells": int(off.sum()),
+        }
+        rows.append(record)
+    summary = pl.DataFrame(
+        rows,
+        schema={
+            "layer": pl.Int64,
+            "mean_offdiag": pl.Float64,
+            "median_offdiag": pl.Float64,
+            "share_positive": pl.Float64,
+            "asymmetry": pl.Float64,
+            "n_unstable": pl.Int64,
+            "n_cells": pl.Int64,
+        },
+    ).sort("layer")
+    if properties is not None and properties.height and "layer" in properties.columns:
+        taken = [c for c in ("share_positive", "asymmetry") if c in properties.columns]
+        if taken:
+            engine = properties.select(
+                pl.col("layer").cast(pl.Int64),
+                *[pl.col(c).cast(pl.Float64).alias(f"{c}__engine") for c in taken],
+            ).unique("layer", keep="first")
+            summary = (
+                summary.join(engine, on="layer", how="left")
+                .with_columns([pl.coalesce(f"{c}__engine", c).alias(c) for c in taken])
+                .drop([f"{c}__engine" for c in taken])
+            )
+    return summary
+
+
+def _asymmetry(data: HeatmapData) -> float:
+    if data.rows != data.cols:
+        return float("nan")
+    matrix = np.where(data.diagonal, 1.0, data.values)
+    if np.isnan(matrix).any():
+        return float("nan")
+    denominator = np.linalg.norm(matrix)
+    return float(np.linalg.norm(matrix - matrix.T) / denominator) if denominator else float("nan")
+
+
+def best_layer(performance: pl.DataFrame, summary: pl.DataFrame | None = None) -> tuple[int | None, str]:
+    """The best layer and the criterion used (see :data:`BEST_LAYER_CRITERION`)."""
+    if performance.height:
+        by_layer = performance.group_by("layer").agg(pl.col("perf").mean()).sort("layer")
+        perf = by_layer["perf"].to_numpy()
+        if np.isfinite(perf).any():
+            return int(by_layer["layer"][int(np.nanargmax(perf))]), BEST_LAYER_CRITERION
+    if summary is not None and summary.height:
+        means = summary["mean_offdiag"].to_numpy()
+        if np.isfinite(means).any():
+            return int(summary["layer"][int(np.nanargmax(means))]), BEST_LAYER_FALLBACK_CRITERION
+    return None, "no layer could be ranked (no runs and no stable cells)"
+
+
+def draw_layer_curves(
+    performance: pl.DataFrame,
+    summary: pl.DataFrame,
+    *,
+    best: int | None,
+    criterion: str,
+    families: Mapping[str, str] | None = None,
+    title: str = "",
+    metric: str = "Perf",
+) -> Figure:
+    """Four panels over layers: Perf(i) per language, mean off-diagonal CLTM, share positive, asymmetry."""
+    fig = Figure(figsize=(11, 7.2), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    ax_perf, ax_mean, ax_share, ax_asym = axes.ravel()
+    languages = sorted(performance["target"].unique().to_list()) if performance.height else []
+    family_of = {lang: (families or {}).get(lang, "other") for lang in languages}
+    colors = family_colors(sorted(set(family_of.values()))) if families else {}
+    many = len(languages) > 12
+    cycle = [ax_perf._get_lines.get_next_color() for _ in range(max(1, len(languages)))] if not many else []
+    for index, lang in enumerate(languages):
+        curve = performance.filter(pl.col("target") == lang).sort("layer")
+        color = colors.get(family_of[lang]) if (many and colors) else (cycle[index] if cycle else "#888888")
+        ax_perf.plot(
+            curve["layer"].to_numpy(),
+            curve["perf"].to_numpy(),
+            color=color,
+            linewidth=0.7 if many else 1.3,
+            alpha=0.6 if many else 0.95,
+            label=None if many else lang,
+            marker=None if many else "o",
+            markersize=3,
+        )
+    if languages:
+        mean = performance.group_by("layer").agg(pl.col("perf").mean()).sort("layer")
+        ax_perf.plot(mean["layer"], mean["perf"], color="black", linewidth=2.4, label="mean over languages")
+        if many and colors:
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([], [], color=c, label=f) for f, c in colors.items()]
+            handles.append(Line2D([], [], color="black", linewidth=2.4, label="mean"))
+            ax_perf.legend(handles=handles, fontsize=6, ncols=2, loc="best", title="family", title_fontsize=7)
+        else:
+            ax_perf.legend(fontsize=7, ncols=2 if len(languages) > 6 else 1, loc="best")
+    else:
+        ax_perf.text(
+            0.5, 0.5, "no single-condition runs", ha="center", va="center", transform=ax_perf.transAxes
+        )
+    ax_perf.set_title(f"{metric}(i), single condition (N of i)", fontsize=10)
+    ax_perf.set_ylabel(metric)
+    layers = summary["layer"].to_numpy()
+    ax_mean.plot(layers, summary["mean_offdiag"], marker="o", color="#1f4e79", label="mean")
+    ax_mean.plot(
+        layers, summary["median_offdiag"], marker="s", linestyle="--", color="#6a9bc3", label="median"
+    )
+    ax_mean.axhline(0, color="#999999", linewidth=0.8)
+    ax_mean.axhline(1, color="#999999", linewidth=0.8, linestyle=":")
+    ax_mean.legend(fontsize=7)
+    ax_mean.set_title("off-diagonal CLTM (stable cells)", fontsize=10)
+    ax_share.plot(layers, summary["share_positive"], marker="o", color="#2e7d32")
+    ax_share.set_ylim(-0.02, 1.02)
+    ax_share.set_title("share of positive off-diagonal cells", fontsize=10)
+    ax_asym.plot(layers, summary["asymmetry"], marker="o", color="#8e24aa")
+    ax_asym.set_title("asymmetry ‖M−Mᵀ‖/‖M‖", fontsize=10)
+    for ax in axes.ravel():
+        ax.grid(alpha=0.3)
+        if best is not None:
+            ax.axvline(best, color="#d84315", linestyle="--", linewidth=1.2)
+    for ax in axes[1]:
+        ax.set_xlabel("layer")
+    if layers.size:
+        step = max(1, int(np.ceil(layers.size / 14)))
+        ax_asym.set_xticks(layers[::step])
+    if best is not None:
+        ax_perf.annotate(
+            f"best layer {best}",
+            xy=(best, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            color="#d84315",
+            fontsize=8,
+        )
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.01, 0.0, criterion, fontsize=7, style="italic", color="#d84315", va="bottom")
+    return fig
+
+
+def draw_small_multiples(
+    heatmaps: Sequence[HeatmapData], *, title: str = "", best: int | None = None
+) -> Figure:
+    """One panel per layer, identical language order and colours; unstable cells hatched, clipped dotted."""
+    n_rows, n_cols = grid_shape(len(heatmaps))
+    n_lang = max(max(len(d.rows), len(d.cols)) for d in heatmaps)
+    panel = 2.4 if n_lang <= 12 else 3.2
+    fig = Figure(figsize=(n_cols * panel + 0.8, n_rows * panel + 0.7), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    labels = n_lang <= 12
+    for ax, data in zip(axes, heatmaps, strict=False):
+        _draw_cells(ax, data, marks=False)
+        ax.set_title(
+            f"layer {data.layer}" + ("  ★ best" if data.layer == best else ""),
+            fontsize=9,
+            color="#d84315" if data.layer == best else "black",
+            fontweight="bold" if data.layer == best else "normal",
+        )
+        if labels:
+            ax.set_xticks(range(len(data.cols)), data.cols, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(data.rows)), data.rows, fontsize=6)
+            ax.tick_params(length=0, pad=1)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if data.layer == best:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("#d84315")
+                spine.set_linewidth(2)
+    for ax in axes[len(heatmaps) :]:
+        ax.set_axis_off()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from cltm.report.heatmap import COLORMAP
+
+    clip = heatmaps[0].clip
+    fig.colorbar(
+        ScalarMappable(norm=Normalize(-clip, clip), cmap=COLORMAP),
+        ax=list(axes[: len(heatmaps)]),
+        shrink=0.6,
+        extend="both",
+        label=f"CLTM (clipped at ±{clip:g})",
+    )
+    fig.suptitle(
+        f"{title}\nrows = targets, columns = donors; hatched = unstable, dot = beyond clip, "
+        "pale = sign not decisive",
+        fontsize=10,
+    )
+    return fig

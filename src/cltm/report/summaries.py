@@ -1,0 +1,241 @@
+"""Donor/receiver scores, top pairs, and the probe-vs-fine-tune comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from scipy.stats import spearmanr
+
+from cltm.report.heatmap import HeatmapData, grid_shape
+from cltm.report.results import MATRIX_KEY, ResultTables
+
+FINETUNE_SOURCE = "finetune"
+MIN_CELLS_FOR_SPEARMAN = 3
+
+
+def donor_receiver_scores(data: HeatmapData) -> pl.DataFrame:
+    """Receiver score (row sum of positive parts) and donor score (column sum) per language, DESIGN §4.1.
+
+    Off-diagonal cells only; unstable cells are left out (their ratios are noise, and one of them would
+    outweigh a whole row of real transfer). Columns: language, family, receiver, donor.
+    """
+    usable = ~data.diagonal & ~data.missing & ~data.unstable
+    positive = np.where(usable, np.clip(np.nan_to_num(data.values), 0, None), 0.0)
+    receiver = dict(zip(data.rows, positive.sum(axis=1), strict=False))
+    donor = dict(zip(data.cols, positive.sum(axis=0), strict=False))
+    families = dict(zip(data.rows, data.row_families, strict=True))
+    families |= dict(zip(data.cols, data.col_families, strict=True))
+    languages = list(dict.fromkeys(data.rows + data.cols))
+    return pl.DataFrame(
+        {
+            "language": languages,
+            "family": [families[lang] for lang in languages],
+            "receiver": [float(receiver.get(lang, np.nan)) for lang in languages],
+            "donor": [float(donor.get(lang, np.nan)) for lang in languages],
+        }
+    )
+
+
+def draw_donor_receiver(
+    scores: pl.DataFrame, data: HeatmapData, *, title: str = "", source: str = ""
+) -> Figure:
+    """Two horizontal bar charts, each sorted by its score, bars coloured by family (legend below)."""
+    n = scores.height
+    fig = Figure(figsize=(10, max(3.0, 0.16 * n + 1.5)), layout="constrained")
+    axes = fig.subplots(1, 2)
+    label_pt = 8 if n <= 30 else 6
+    for ax, column, label in (
+        (axes[0], "receiver", "receiver score: Σ_j max(CLTM[i,j], 0)  (how much i gains from others)"),
+        (axes[1], "donor", "donor score: Σ_i max(CLTM[i,j], 0)  (how much j gives to others)"),
+    ):
+        ordered = scores.drop_nulls(column).filter(pl.col(column).is_not_nan()).sort(column)
+        colors = [data.family_colors.get(f, (0.5, 0.5, 0.5, 1.0)) for f in ordered["family"]]
+        ax.barh(range(ordered.height), ordered[column].to_numpy(), color=colors)
+        ax.set_yticks(range(ordered.height), ordered["language"].to_list(), fontsize=label_pt)
+        ax.set_title(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(y=0.01)
+    families = [f for f in dict.fromkeys(scores["family"].to_list()) if f in data.family_colors]
+    if len(families) > 1 or (families and families[0] != "other"):
+        handles = [Patch(facecolor=data.family_colors[f], label=f) for f in sorted(families)]
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=min(6, len(handles)),
+            fontsize=7,
+            frameon=False,
+            title="family",
+            title_fontsize=8,
+        )
+    fig.suptitle(title + (f"\nscores: {source}" if source else ""), fontsize=10)
+    return fig
+
+
+def top_pairs(data: HeatmapData, k: int = 10) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ``k`` most positive and ``k`` most negative stable off-diagonal cells (with SE and P>0)."""
+    usable = ~data.diagonal & ~data.missing & ~data.unstable
+    i, j = np.nonzero(usable)
+    cells = pl.DataFrame(
+        {
+            "target": [data.rows[a] for a in i],
+            "donor": [data.cols[b] for b in j],
+            "cltm": data.values[i, j].astype(float),
+            "cltm_se": data.se[i, j].astype(float),
+            "p_positive": data.p_positive[i, j].astype(float),
+        },
+        schema={
+            "target": pl.Utf8,
+            "donor": pl.Utf8,
+            "cltm": pl.Float64,
+            "cltm_se": pl.Float64,
+            "p_positive": pl.Float64,
+        },
+    )
+    positive = cells.filter(pl.col("cltm") > 0).sort("cltm", descending=True).head(k)
+    negative = cells.filter(pl.col("cltm") < 0).sort("cltm").head(k)
+    return positive, negative
+
+
+def split_finetune(tables: ResultTables) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Split matrix rows into (probe matrices, fine-tune matrices).
+
+    A matrix is a fine-tune one when its (task, model, probe, layer) appears in runs with ``source ==
+    "finetune"`` or its own ``source`` column says so. When fine-tune runs have no matrix rows yet, they
+    are computed with ``cltm.transfer.matrix_from_runs`` (the CLTM engine's statistics, not re-implemented).
+    """
+    matrices = tables.matrices
+    runs = tables.runs
+    is_finetune = pl.lit(False)
+    finetune_runs = pl.DataFrame()
+    if runs.height and "source" in runs.columns:
+        finetune_runs = runs.filter(pl.col("source") == FINETUNE_SOURCE)
+        if finetune_runs.height:
+            keys = finetune_runs.select(MATRIX_KEY).unique().with_columns(pl.lit(True).alias("__ft"))
+            matrices = matrices.join(keys, on=list(MATRIX_KEY), how="left")
+            is_finetune = pl.col("__ft").fill_null(False)
+    if "source" in matrices.columns:
+        is_finetune = is_finetune | (pl.col("source") == FINETUNE_SOURCE).fill_null(False)
+    flagged = matrices.with_columns(is_finetune.alias("__is_ft"))
+    drop = [c for c in ("__ft", "__is_ft") if c in flagged.columns]
+    probe_matrices = flagged.filter(~pl.col("__is_ft")).drop(drop)
+    finetune_matrices = flagged.filter(pl.col("__is_ft")).drop(drop)
+    if finetune_matrices.is_empty() and finetune_runs.height:
+        finetune_matrices = _matrices_from_runs(finetune_runs)
+    return probe_matrices, finetune_matrices
+
+
+def _matrices_from_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    try:
+        from cltm.transfer import matrix_from_runs
+    except ImportError:
+        return pl.DataFrame()
+    result = matrix_from_runs(runs)
+    return getattr(result, "matrices", result)
+
+
+def finetune_pairs(probe_matrices: pl.DataFrame, finetune_matrices: pl.DataFrame) -> pl.DataFrame:
+    """Cells present in both: one row per (task, model, probe, layer, finetune, target, donor).
+
+    Off-diagonal only (the diagonal is 1 by definition in both). ``finetune`` names the fine-tune matrix
+    (its probe column, and its layer when it has several).
+    """
+    if probe_matrices.is_empty() or finetune_matrices.is_empty():
+        return pl.DataFrame()
+    ft = finetune_matrices.filter(pl.col("target") != pl.col("donor"))
+    several_layers = ft.group_by("task", "model", "probe").agg(pl.col("layer").n_unique() > 1)
+    ft = ft.join(several_layers.rename({"layer": "__several"}), on=["task", "model", "probe"]).with_columns(
+        pl.when(pl.col("__several"))
+        .then(pl.col("probe") + " L" + pl.col("layer").cast(pl.Utf8))
+        .otherwise(pl.col("probe"))
+        .alias("finetune")
+    )
+    ft = ft.select(
+        "task",
+        "model",
+        "finetune",
+        "target",
+        "donor",
+        pl.col("cltm").alias("finetune_cltm"),
+        pl.col("unstable").alias("finetune_unstable"),
+    )
+    probe = probe_matrices.filter(pl.col("target") != pl.col("donor")).select(
+        "task",
+        "model",
+        "probe",
+        "layer",
+        "target",
+        "donor",
+        pl.col("cltm").alias("probe_cltm"),
+        pl.col("unstable").alias("probe_unstable"),
+    )
+    return probe.join(ft, on=["task", "model", "target", "donor"], how="inner").sort(
+        "task", "model", "probe", "finetune", "layer", "target", "donor"
+    )
+
+
+def spearman_by_layer(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Spearman's ρ between probe and fine-tune CLTM per (task, model, probe, finetune, layer)."""
+    schema = {
+        "task": pl.Utf8,
+        "model": pl.Utf8,
+        "probe": pl.Utf8,
+        "finetune": pl.Utf8,
+        "layer": pl.Int64,
+        "n_cells": pl.Int64,
+        "spearman": pl.Float64,
+        "p_value": pl.Float64,
+    }
+    if pairs.is_empty():
+        return pl.DataFrame(schema=schema)
+    rows = []
+    for key, group in pairs.group_by("task", "model", "probe", "finetune", "layer", maintain_order=True):
+        group = group.filter(pl.col("probe_cltm").is_finite() & pl.col("finetune_cltm").is_finite())
+        rho, p_value = float("nan"), float("nan")
+        if (
+            group.height >= MIN_CELLS_FOR_SPEARMAN
+            and group["probe_cltm"].n_unique() > 1
+            and group["finetune_cltm"].n_unique() > 1
+        ):
+            result = spearmanr(group["probe_cltm"].to_numpy(), group["finetune_cltm"].to_numpy())
+            rho, p_value = float(result.statistic), float(result.pvalue)
+        rows.append((*key, group.height, rho, p_value))
+    return pl.DataFrame(rows, schema=schema, orient="row").sort("task", "model", "probe", "finetune", "layer")
+
+
+def draw_finetune_scatter(
+    pairs: pl.DataFrame, correlations: pl.DataFrame, *, clip: float, title: str = ""
+) -> Figure:
+    """Small multiples, one scatter per probe layer: probe CLTM (x) vs fine-tune CLTM (y), ρ in the title.
+
+    Values are clipped at ±clip like the heatmaps (points on the edge are beyond it); unstable cells hollow.
+    """
+    layers = sorted(pairs["layer"].unique().to_list())
+    n_rows, n_cols = grid_shape(len(layers))
+    fig = Figure(figsize=(2.6 * n_cols + 0.5, 2.5 * n_rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)).ravel()
+    rho_of = dict(zip(correlations["layer"].to_list(), correlations["spearman"].to_list(), strict=False))
+    for ax, layer in zip(axes, layers, strict=False):
+        group = pairs.filter(pl.col("layer") == layer)
+        x = np.clip(group["probe_cltm"].to_numpy(), -clip, clip)
+        y = np.clip(group["finetune_cltm"].to_numpy(), -clip, clip)
+        unstable = (
+            group["probe_unstable"].fill_null(False) | group["finetune_unstable"].fill_null(False)
+        ).to_numpy()
+        ax.scatter(x[~unstable], y[~unstable], s=14, color="#1f4e79", alpha=0.8)
+        if unstable.any():
+            ax.scatter(
+                x[unstable], y[unstable], s=14, facecolors="none", edgecolors="#b71c1c", label="unstable"
+            )
+        ax.plot([-clip, clip], [-clip, clip], color="#999999", linewidth=0.8, linestyle=":")
+        ax.axhline(0, color="#cccccc", linewidth=0.6)
+        ax.axvline(0, color="#cccccc", linewidth=0.6)
+        rho = rho_of.get(layer, float("nan"))
+        ax.set_title(f"layer {layer}: ρ = {rho:.2f} (n={group.height})", fontsize=8)
+    for ax in axes[len(layers) :]:
+        ax.set_axis_off()
+    fig.supxlabel("probe CLTM", fontsize=9)
+    fig.supylabel("fine-tune CLTM", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig
