@@ -62,6 +62,9 @@ def extract_command(
     flush_seconds: float = typer.Option(
         60.0, "--flush-seconds", help="Write finished rows at least this often (bounds work lost on a crash)."
     ),
+    chunk_rows: int = typer.Option(
+        512, "--chunk-rows", help="Rows per cache chunk (new caches only); shards own whole chunks."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Extract pooled (mean/std over valid frames) hidden states of EVERY layer into a Zarr cache.
@@ -89,6 +92,8 @@ def extract_command(
         raise typer.BadParameter(f"use float32, float16 or bfloat16; got {dtype!r}", param_hint="--dtype")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"use auto, cpu or cuda; got {device!r}", param_hint="--device")
+    if chunk_rows < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--chunk-rows")
     if batch_seconds <= 0 or max_seconds <= 0:
         raise typer.BadParameter("must be positive", param_hint="--batch-seconds/--max-seconds")
     try:
@@ -116,6 +121,7 @@ def extract_command(
             shard=shard_kn,
             max_seconds=max_seconds,
             flush_seconds=flush_seconds,
+            chunk_rows=chunk_rows,
             progress=not quiet,
         )
     except (CacheError, ManifestError, ValueError, OSError) as err:
