@@ -372,6 +372,80 @@ def test_add_durations_reads_file_headers(tmp_path):
     assert add_durations(segments)["duration"].to_list() == df["duration"].to_list()  # kept unless overwrite
 
 
+def test_lhotse_manifests_import_when_lhotse_is_installed(tmp_path):
+    if importlib.util.find_spec("lhotse") is None:
+        with pytest.raises(CorpusImportError, match=r"pip install 'cltm\[lhotse\]'"):
+            import_lhotse(tmp_path / "recordings.jsonl.gz")
+        return
+    from lhotse import Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    for name, seconds in (("r1", 1.0), ("r2", 0.5)):
+        write_clip(tmp_path / "audio" / f"{name}.wav", seconds=seconds)
+    recordings = RecordingSet.from_recordings(
+        Recording.from_file(tmp_path / "audio" / f"{name}.wav", recording_id=name) for name in ("r1", "r2")
+    )
+    supervisions = SupervisionSet.from_segments(
+        [
+            SupervisionSegment("s1", "r1", start=0.0, duration=0.4, language="fr", speaker="A", gender="F"),
+            SupervisionSegment("s2", "r1", start=0.5, duration=0.5, language="fr", speaker="B", gender="M",
+                               custom={"emotion": "sad"}),
+            SupervisionSegment("s3", "r2", start=0.1, duration=0.3, speaker="A"),
+        ]
+    )  # fmt: skip
+    recordings.to_file(tmp_path / "recordings.jsonl.gz")
+    supervisions.to_file(tmp_path / "supervisions.jsonl.gz")
+    df = import_lhotse(
+        tmp_path / "recordings.jsonl.gz", supervisions=tmp_path / "supervisions.jsonl.gz", language="de"
+    )
+    assert df.select("utt_id", "language", "speaker", "gender", "start", "end").rows() == [
+        ("s1", "fr", "A", "female", 0.0, 0.4),
+        ("s2", "fr", "B", "male", 0.5, 1.0),
+        ("s3", "de", "A", None, 0.1, pytest.approx(0.4)),
+    ]
+    assert df["path"].to_list() == [
+        str((tmp_path / "audio" / f).resolve()) for f in ("r1.wav", "r1.wav", "r2.wav")
+    ]
+    assert df["emotion"].to_list() == [None, "sad", None]
+    whole = import_lhotse(tmp_path / "recordings.jsonl.gz", language="de")
+    assert whole.select("utt_id", "duration").rows() == [("r1", 1.0), ("r2", 0.5)]
+
+
+def test_hf_datasets_import_when_datasets_is_installed(tmp_path):
+    if importlib.util.find_spec("datasets") is None:
+        with pytest.raises(CorpusImportError, match=r"pip install 'cltm\[datasets\]'"):
+            import_hf_dataset(tmp_path / "dataset")
+        return
+    import datasets
+
+    paths = []
+    for name in ("a", "b", "c"):
+        write_clip(tmp_path / "audio" / f"{name}.wav")
+        paths.append(str(tmp_path / "audio" / f"{name}.wav"))
+    table = {
+        "file": paths,
+        "spk": ["x", "y", "x"],
+        "sex": ["female", "male_masculine", ""],
+        "id": ["a", "b", "c"],
+    }
+    full = datasets.Dataset.from_dict(table).cast_column("file", datasets.Audio())
+    splits = datasets.DatasetDict({"train": full.select([2, 0]), "validation": full.select([1])})
+    splits.save_to_disk(str(tmp_path / "dataset"))
+    df = import_hf_dataset(
+        tmp_path / "dataset", mapping="path=file,speaker=spk,gender=sex,utt_id=id", language="sw"
+    )
+    assert df.select("utt_id", "path", "speaker", "gender", "language", "split").rows() == [
+        ("c", paths[2], "x", None, "sw", "train"),
+        ("a", paths[0], "x", "female", "sw", "train"),
+        ("b", paths[1], "y", "male", "sw", "dev"),  # validation -> dev
+    ]
+    only_dev = import_hf_dataset(
+        tmp_path / "dataset", mapping="path=file,utt_id=id", language="sw", split="validation"
+    )
+    assert only_dev["utt_id"].to_list() == ["b"]
+    with pytest.raises(CorpusImportError, match="available: file, spk, sex, id"):
+        import_hf_dataset(tmp_path / "dataset", mapping="path=audio", language="sw")
+
+
 @pytest.mark.parametrize(
     ("function", "package", "extra"),
     [(import_lhotse, "lhotse", "lhotse"), (import_hf_dataset, "datasets", "datasets")],

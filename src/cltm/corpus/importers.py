@@ -396,13 +396,14 @@ def import_folder(
 
 def _require(module: str, extra: str) -> Any:
     import importlib
+    import importlib.util
 
+    if importlib.util.find_spec(module) is None:
+        raise CorpusImportError(f"this importer needs the {module!r} package: pip install 'cltm[{extra}]'")
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
-        raise CorpusImportError(
-            f"this importer needs the {module!r} package: pip install 'cltm[{extra}]'"
-        ) from exc
+    except ImportError as exc:  # installed, but one of its own dependencies is missing or broken
+        raise CorpusImportError(f"{module!r} is installed but cannot be imported: {exc}") from exc
 
 
 @register_importer("lhotse")
@@ -491,7 +492,9 @@ def import_hf_dataset(
         audio_columns = [c for c, f in dataset.features.items() if type(f).__name__ == "Audio"]
         if audio_columns:
             dataset = dataset.cast_column(audio_columns[0], datasets.Audio(decode=False))
-        frame = pl.from_arrow(dataset.data.table)
+        frame = pl.from_arrow(
+            dataset.with_format("arrow")[:]
+        )  # [:] honours an indices mapping (select/shuffle)
         if audio_columns and frame.schema[audio_columns[0]] == pl.Struct:
             frame = frame.with_columns(pl.col(audio_columns[0]).struct.field("path").alias(audio_columns[0]))
         manifest_split = {"validation": "dev"}.get(split_name or "", split_name)
