@@ -306,3 +306,18 @@ def test_hash_is_stable_across_processes(tmp_path):
         for seed in ("1", "2")
     }
     assert outputs == {manifest_hash(pl.read_parquet(path))}
+
+
+def test_importing_the_corpus_package_is_light_and_exports_the_contract():
+    code = (
+        "import sys, cltm.corpus as c\n"
+        "assert 'torch' not in sys.modules, 'import cltm.corpus pulled in torch'\n"
+        "for name in ('read_manifest', 'write_manifest', 'validate', 'normalize_gender', 'manifest_hash',\n"
+        "             'ManifestError', 'IMPORTERS', 'import_commonvoice', 'import_table', 'import_folder',\n"
+        "             'CorpusImportError', 'summarize'):\n"
+        "    getattr(c, name)\n"
+        "assert 'torch' not in sys.modules, 'the importers pulled in torch'\n"
+        "assert issubclass(c.ManifestError, ValueError) and issubclass(c.CorpusImportError, ValueError)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
