@@ -113,12 +113,19 @@ def test_fbank_matches_a_numpy_reference():
     # reference: frame by frame, periodic Hann window, |rfft|^2, slaney mel matrix, natural log
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
     mel = mel_filter_bank(
-        num_frequency_bins=201, num_mel_filters=80, min_frequency=20.0, max_frequency=8000,
-        sampling_rate=16000, norm="slaney", mel_scale="slaney",
+        num_frequency_bins=201,
+        num_mel_filters=80,
+        min_frequency=20.0,
+        max_frequency=8000,
+        sampling_rate=16000,
+        norm="slaney",
+        mel_scale="slaney",
     )
     ref = np.stack(
-        [np.log(np.abs(np.fft.rfft(wave[i * 160 : i * 160 + 400] * window)) ** 2 @ mel + 1e-6)
-         for i in range(n_frames)]
+        [
+            np.log(np.abs(np.fft.rfft(wave[i * 160 : i * 160 + 400] * window)) ** 2 @ mel + 1e-6)
+            for i in range(n_frames)
+        ]
     )
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
 

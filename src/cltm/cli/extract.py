@@ -15,8 +15,9 @@ def _csv_ints(text: str | None, option: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated layer numbers, e.g. 6,9; got {text!r}",
-                                 param_hint=option) from None
+        raise typer.BadParameter(
+            f"expected comma-separated layer numbers, e.g. 6,9; got {text!r}", param_hint=option
+        ) from None
 
 
 def extract_command(

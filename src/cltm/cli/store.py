@@ -44,8 +44,23 @@ def info_command(
     cache = _open(cache_path)
     info = cache_info(cache)
     table = Table(show_header=False, box=None)
-    for key in ("path", "model_id", "revision", "config_hash", "n_layers", "dim", "pooling", "dtype",
-                "rows", "done", "failed", "pending", "frames_layers", "tool", "created"):
+    for key in (
+        "path",
+        "model_id",
+        "revision",
+        "config_hash",
+        "n_layers",
+        "dim",
+        "pooling",
+        "dtype",
+        "rows",
+        "done",
+        "failed",
+        "pending",
+        "frames_layers",
+        "tool",
+        "created",
+    ):
         table.add_row(key, str(info[key]))
     table.add_row("audio hours (done)", f"{info['audio_hours_done']:.3f}")
     table.add_row("bytes on disk", _human_bytes(info["bytes_on_disk"]))
@@ -95,8 +110,9 @@ def export_command(
     from cltm.store.tools import EXPORTERS, export_cache
 
     if format not in EXPORTERS:
-        raise typer.BadParameter(f"use one of {', '.join(sorted(EXPORTERS))}; got {format!r}",
-                                 param_hint="--format")
+        raise typer.BadParameter(
+            f"use one of {', '.join(sorted(EXPORTERS))}; got {format!r}", param_hint="--format"
+        )
     written = export_cache(_open(cache_path), out, format)
     typer.echo(f"wrote {written}")
 

@@ -336,8 +336,10 @@ class _Writer(threading.Thread):
             )
             self.n_written += len(self.rows)
         if self._failures_dirty:
-            self.cache.write_failures(pl.DataFrame(self.failures, schema=dict.fromkeys(
-                ("utt_id", "stage", "error"), pl.Utf8)), self.tag)
+            self.cache.write_failures(
+                pl.DataFrame(self.failures, schema=dict.fromkeys(("utt_id", "stage", "error"), pl.Utf8)),
+                self.tag,
+            )
         self._reset()
 
 
@@ -403,8 +405,10 @@ def extract(
     k, n = shard if isinstance(shard, tuple) else parse_shard(shard)
     table = _read_input_manifest(manifest)
     mhash = manifest_hash(table)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, revision=revision, trust_remote_code=trust_remote_code
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, revision=revision, trust_remote_code=trust_remote_code)
     )
     bad_layers = [x for x in frames_layers if not 0 <= int(x) < loaded.n_layers]
     if bad_layers:
@@ -501,7 +505,13 @@ def extract(
                     else:
                         ok.append(item)
                 results = _forward_items(
-                    loaded, ok, dev, autocast_dtype, frames_layers, use_attention_mask, max_piece_samples,
+                    loaded,
+                    ok,
+                    dev,
+                    autocast_dtype,
+                    frames_layers,
+                    use_attention_mask,
+                    max_piece_samples,
                     fail,
                 )
                 for row, seconds, stats, nf, frames in results:

@@ -41,7 +41,14 @@ STATS = ("mean", "std")
 FAILURE_COLUMNS = ("utt_id", "stage", "error")
 # attrs that must agree between an existing cache and a new extraction into it
 IDENTITY_ATTRS = (
-    "model_id", "revision", "config_hash", "manifest_hash", "n_layers", "dim", "pooling", "dtype"
+    "model_id",
+    "revision",
+    "config_hash",
+    "manifest_hash",
+    "n_layers",
+    "dim",
+    "pooling",
+    "dtype",
 )
 
 
@@ -407,9 +414,7 @@ def open_or_create(
     with several shards, force only from one process).
     """
     path = Path(path)
-    wanted = dict(
-        attrs, n_layers=int(n_layers), dim=int(dim), pooling=list(pooling), dtype=dtype
-    )
+    wanted = dict(attrs, n_layers=int(n_layers), dim=int(dim), pooling=list(pooling), dtype=dtype)
     for _ in range(3):
         if not path.exists():
             try:

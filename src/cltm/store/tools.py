@@ -180,7 +180,9 @@ def export_h5(cache: Cache, out: Path) -> Path:
         for stat in cache.pooling:
             arr = cache.array(f"pooled/{stat}")
             ds = f.create_dataset(
-                f"pooled/{stat}", shape=arr.shape, dtype=np.dtype(str(arr.dtype)),
+                f"pooled/{stat}",
+                shape=arr.shape,
+                dtype=np.dtype(str(arr.dtype)),
                 chunks=(1, min(cache.chunk_rows, max(cache.n_rows, 1)), cache.dim),
             )
             for layer in range(cache.n_layers):  # one layer at a time: bounded memory for big caches
