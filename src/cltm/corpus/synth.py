@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
+import os
 import threading
 import zlib
 from collections.abc import Sequence
@@ -127,6 +129,10 @@ class _Espeak:
             ctypes.c_void_p, ctypes.c_void_p,
         ]  # fmt: skip
         lib.espeak_Synth.restype = ctypes.c_int
+        if not hasattr(lib, "espeak_ng_SetRandSeed"):  # added in espeak-ng 1.52
+            raise SynthError("this espeak-ng build has no espeak_ng_SetRandSeed: upgrade espeakng-loader")
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
         # espeak wants the directory that *contains* espeak-ng-data
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_dir.parent).encode(), 0)
         if rate <= 0:
@@ -151,7 +157,7 @@ class _Espeak:
         return 0  # 0 = continue
 
     def speak(
-        self, text: str, voice: str, *, pitch: int, pitch_range: int, rate: int, word_gap: int
+        self, text: str, voice: str, *, pitch: int, pitch_range: int, rate: int, word_gap: int, rand_seed: int
     ) -> np.ndarray:
         """int16 samples at ``self.sample_rate`` for ``text`` in ``voice`` (e.g. ``"de+f3"``)."""
         with self.lock:
@@ -161,6 +167,8 @@ class _Espeak:
                 (_RATE, rate), (_VOLUME, 100), (_PITCH, pitch), (_RANGE, pitch_range), (_WORDGAP, word_gap),
             ):  # fmt: skip
                 self.lib.espeak_SetParameter(param, int(value), 0)
+            # breath noise of some variants (f2, f5, ...) is random; espeak seeds it from the clock otherwise
+            self.lib.espeak_ng_SetRandSeed(int(rand_seed) & 0x7FFFFFFF)
             encoded = text.encode("utf-8") + b"\0"
             self._chunks = []
             code = self.lib.espeak_Synth(encoded, len(encoded), 0, 0, 0, _CHARS_UTF8, None, None)
@@ -182,11 +190,23 @@ def synthesize_text(
     rate: int = 160,
     word_gap: int = 0,
     sample_rate: int = SAMPLE_RATE,
+    rand_seed: int = 0,
 ) -> np.ndarray:
-    """One sentence as float32 mono at ``sample_rate`` (espeak's 22.05 kHz resampled with soxr HQ)."""
+    """One sentence as float32 mono at ``sample_rate`` (espeak's 22.05 kHz resampled with soxr HQ).
+
+    espeak-ng carries state from call to call within a process, so repeating a call can differ in the last
+    bits and by a few samples; :func:`synthesize_corpus` runs each language in a fresh process for that
+    reason.
+    """
     engine = _Espeak.get()
     pcm = engine.speak(
-        text, f"{language}+{variant}", pitch=pitch, pitch_range=pitch_range, rate=rate, word_gap=word_gap
+        text,
+        f"{language}+{variant}",
+        pitch=pitch,
+        pitch_range=pitch_range,
+        rate=rate,
+        word_gap=word_gap,
+        rand_seed=rand_seed,
     )
     wave = pcm.astype(np.float32) / 32768.0
     if sample_rate != engine.sample_rate:
@@ -254,6 +274,7 @@ def _render(
         pitch_range=voice.pitch_range,
         rate=int(voice.rate + rng.integers(-8, 9)),
         word_gap=voice.word_gap,
+        rand_seed=int(rng.integers(0, 2**31)),
     ).astype(np.float64)
     tilt, noise_colour = channel
     wave = _first_order(wave, tilt)
@@ -275,6 +296,7 @@ def synthesize_corpus(
     seed: int = 0,
     progress: bool = True,
     sentences: dict[str, list[str]] | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Synthesise the demo corpus into ``out_dir``; returns ``out_dir/manifest.parquet``.
 
@@ -282,6 +304,8 @@ def synthesize_corpus(
     in (:func:`available_languages`) or passed in ``sentences`` ({language: [sentence, ...]}). Per language:
     ``speakers_per_gender`` female and as many male speakers (>= 3: one train and two test speakers at least),
     each reading ``utts_per_speaker`` sentences (cycling through the language's sentences in a seeded order).
+    ``workers``: processes (default: one per language, at most the CPU count); each language is synthesised
+    in a fresh process, so a language's files do not depend on the other languages asked for.
     """
     languages = list(DEFAULT_LANGUAGES if languages is None else languages)
     if not languages:
@@ -305,52 +329,80 @@ def synthesize_corpus(
 
     out_dir = Path(out_dir)
     n_test = max(2, int(round(speakers_per_gender / 4)))
-    voices = [
-        voice
+    voices = {
+        lang: [
+            voice
+            for gender in ("female", "male")
+            for voice in _speaker_voices(lang, gender, speakers_per_gender, seed)
+        ]
         for lang in languages
-        for gender in ("female", "male")
-        for voice in _speaker_voices(lang, gender, speakers_per_gender, seed)
+    }
+    jobs = [
+        _LanguageJob(out_dir, voices[lang], texts[lang], utts_per_speaker, seed, speakers_per_gender - n_test)
+        for lang in languages
     ]
-    rows: list[dict] = []
-    total = len(voices) * utts_per_speaker
-    with _progress_bar(progress, total) as advance:
-        for voice in voices:
-            lang_texts = texts[voice.language]
-            channel = _language_channel(voice.language, seed)
-            order = _rng(seed, "sentences", voice.speaker).permutation(len(lang_texts))
-            index_in_gender = int(voice.speaker[-2:]) - 1
-            split = "test" if index_in_gender >= speakers_per_gender - n_test else "train"
-            speaker_dir = out_dir / "audio" / voice.language / voice.speaker
-            speaker_dir.mkdir(parents=True, exist_ok=True)
-            for u in range(utts_per_speaker):
-                text = lang_texts[order[u % len(lang_texts)]]
-                utt_id = f"{voice.speaker}_{u:03d}"
-                wave = _render(voice, text, channel, _rng(seed, "utterance", utt_id))
-                rel = Path("audio") / voice.language / voice.speaker / f"{utt_id}.wav"
-                sf.write(out_dir / rel, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-                rows.append(
-                    {
-                        "utt_id": utt_id,
-                        "path": rel.as_posix(),
-                        "language": voice.language,
-                        "speaker": voice.speaker,
-                        "gender": voice.gender,
-                        "split": split,
-                        "duration": len(wave) / SAMPLE_RATE,
-                        "text": text,
-                    }
-                )
-                advance()
+    # espeak-ng keeps synthesis state (echo buffer, pitch phase) from one call to the next inside a process,
+    # and no API resets it. So each language is synthesised in a fresh process: the same arguments give the
+    # same bytes, whatever else was synthesised before, and languages run in parallel.
+    n_workers = max(1, min(len(jobs), workers if workers else os.cpu_count() or 1))
+    rows_by_language: dict[str, list[dict]] = {}
+    total = len(languages) * 2 * speakers_per_gender * utts_per_speaker
+    context = multiprocessing.get_context("spawn")
+    with _progress_bar(progress, total) as advance, context.Pool(n_workers, maxtasksperchild=1) as pool:
+        for lang, rows in pool.imap_unordered(_synthesize_language, jobs):
+            rows_by_language[lang] = rows
+            advance(len(rows))
 
-    manifest = pl.DataFrame(rows)
-    pl.DataFrame([asdict(v) for v in voices]).write_parquet(out_dir / "speakers.parquet")
+    manifest = pl.DataFrame([row for lang in languages for row in rows_by_language[lang]])
+    speakers = pl.DataFrame([asdict(v) for lang in languages for v in voices[lang]])
+    speakers.write_parquet(out_dir / "speakers.parquet")
     from cltm.corpus.manifest import write_manifest
 
     return write_manifest(manifest, out_dir / "manifest.parquet")
 
 
+@dataclass(frozen=True)
+class _LanguageJob:
+    out_dir: Path
+    voices: list[SpeakerVoice]
+    sentences: list[str]
+    utts_per_speaker: int
+    seed: int
+    first_test_index: int  # speakers with this 0-based index within their gender and above are test
+
+
+def _synthesize_language(job: _LanguageJob) -> tuple[str, list[dict]]:
+    """All utterances of one language (run in a fresh worker process); returns (language, manifest rows)."""
+    language = job.voices[0].language
+    channel = _language_channel(language, job.seed)
+    rows = []
+    for voice in job.voices:
+        order = _rng(job.seed, "sentences", voice.speaker).permutation(len(job.sentences))
+        split = "test" if int(voice.speaker[-2:]) - 1 >= job.first_test_index else "train"
+        (job.out_dir / "audio" / language / voice.speaker).mkdir(parents=True, exist_ok=True)
+        for u in range(job.utts_per_speaker):
+            text = job.sentences[order[u % len(job.sentences)]]
+            utt_id = f"{voice.speaker}_{u:03d}"
+            wave = _render(voice, text, channel, _rng(job.seed, "utterance", utt_id))
+            rel = f"audio/{language}/{voice.speaker}/{utt_id}.wav"
+            sf.write(job.out_dir / rel, wave, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+            rows.append(
+                {
+                    "utt_id": utt_id,
+                    "path": rel,
+                    "language": language,
+                    "speaker": voice.speaker,
+                    "gender": voice.gender,
+                    "split": split,
+                    "duration": len(wave) / SAMPLE_RATE,
+                    "text": text,
+                }
+            )
+    return language, rows
+
+
 class _progress_bar:
-    """A rich progress bar when asked (and a no-op otherwise); yields a zero-argument ``advance``."""
+    """A rich progress bar when asked (and a no-op otherwise); yields ``advance(n=1)``."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total = enabled, total
@@ -358,7 +410,7 @@ class _progress_bar:
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
+            return lambda n=1: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -370,7 +422,7 @@ class _progress_bar:
         )
         self._progress.__enter__()
         task = self._progress.add_task("synth", total=self.total)
-        return lambda: self._progress.advance(task)
+        return lambda n=1: self._progress.advance(task, n)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
