@@ -366,3 +366,54 @@ def test_cli_bad_input_gives_a_clean_error(corpus, tmp_path, extra, message):
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_processes_split_the_runs_and_match_one_process(gender_run, corpus, tmp_path):
+    """torchrun with 2 CPU processes (gloo): rank r takes runs r, r+2, ...; parts merge into one table whose
+    metrics equal the single-process run's."""
+    import os
+    import subprocess
+    import sys
+
+    manifest_path, model_dir = corpus
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cltm.finetune",
+        "--manifest",
+        str(manifest_path),
+        "--model",
+        str(model_dir),
+        "--task",
+        "gender",
+        "--cells",
+        "en:de,en:fr",
+        "-N",
+        "2",
+        "--seeds",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("run(s) trained") == 1  # only rank 0 reports
+    assert not (out / "runs.parts").exists()  # rank 0 folded the part files into runs.parquet
+    key = ["condition", "target", "donor", "seed"]
+    dist = pl.read_parquet(out / "runs.parquet").sort(key)
+    single = gender_run[0].runs.sort(key)
+    assert dist.select(key).equals(single.select(key))
+    np.testing.assert_allclose(dist["f1"].to_numpy(), single["f1"].to_numpy(), atol=1e-9)
+    np.testing.assert_allclose(dist["train_loss"].to_numpy(), single["train_loss"].to_numpy(), rtol=1e-4)

@@ -63,8 +63,10 @@ def finetune_command(
     n: int = typer.Option(
         ...,
         "--n",
+        "-N",
         min=1,
-        help="N: per class for classification tasks, utterances for speaker (as in matrix).",
+        help="N: per class for classification tasks, utterances for speaker (as in matrix). Under torchrun "
+        "write -N (torchrun's own parser mistakes --n for one of its options).",
     ),
     cells: str | None = typer.Option(
         None, "--cells", help="Cells to fine-tune, TARGET:DONOR comma-separated, e.g. en:es,en:de."
@@ -188,6 +190,8 @@ def finetune_command(
             raise _fail(f"{err} (fix or remove that manifest row)") from None
         raise
 
+    if not result.is_main_process:
+        return
     console = Console()
     console.print(
         f"{result.ran} run(s) trained, {result.skipped} already done; {result.runs.height} run(s) in "

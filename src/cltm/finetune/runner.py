@@ -14,6 +14,7 @@ rank 0 merges them.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from transformers import set_seed
 from cltm.finetune.model import PooledEncoderClassifier
 from cltm.finetune.peft_modes import apply_peft
 from cltm.finetune.runs import (
+    PARTS_DIR,
     RUNS_FILE,
     FinetuneError,
     check_same_config,
@@ -329,6 +331,7 @@ class FinetuneResult:
     ran: int
     skipped: int
     plans: list = field(default_factory=list)
+    is_main_process: bool = True  # False on ranks > 0 of a multi-process launch (they should print nothing)
 
 
 def _process_state(device: str):
@@ -396,19 +399,20 @@ def run_finetune(
 
     state = _process_state(device)
     rank, world = state.process_index, state.num_processes
+    # every rank checks and plans before the first barrier: a refusal then stops all ranks alike
+    check_same_config(
+        read_finetune_runs(out), task=task, model=model_name, probe=probe, hash_=hash_, out_dir=out
+    )
+    if plans is None:
+        plans = plan_finetune_runs(manifest, task, cells, n=n, seeds=seeds, test_fraction=test_fraction)
+    state.wait_for_everyone()
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        existing = consolidate(out) if (out / "runs.parts").is_dir() else read_finetune_runs(out)
-        check_same_config(existing, task=task, model=model_name, probe=probe, hash_=hash_, out_dir=out)
-        import json
-
+        if (out / PARTS_DIR).is_dir():  # part files of an interrupted multi-process run
+            consolidate(out)
         (out / "finetune_config.json").write_text(json.dumps({**config, "config_hash": hash_}, indent=2))
     state.wait_for_everyone()
     existing = read_finetune_runs(out)
-    check_same_config(existing, task=task, model=model_name, probe=probe, hash_=hash_, out_dir=out)
-
-    if plans is None:
-        plans = plan_finetune_runs(manifest, task, cells, n=n, seeds=seeds, test_fraction=test_fraction)
 
     def row_base(plan) -> dict:
         return {
@@ -461,7 +465,12 @@ def run_finetune(
     state.wait_for_everyone()
     runs = read_finetune_runs(out)
     return FinetuneResult(
-        runs=runs, out_dir=out, ran=len(new_rows), skipped=len(plans) - len(pending), plans=plans
+        runs=runs,
+        out_dir=out,
+        ran=len(new_rows),
+        skipped=len(plans) - len(pending),
+        is_main_process=state.is_main_process,
+        plans=plans,
     )
 
 
