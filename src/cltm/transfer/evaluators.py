@@ -42,6 +42,7 @@ class ClassificationGroup:
     problems: list[Problem]
     test_rows: np.ndarray
     n_classes: int
+    target: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,10 +51,48 @@ class VerificationGroup:
 
     problems: list[Problem]
     trials: pl.DataFrame
+    target: str = ""
 
 
-# evaluate(X, labels, group, options) -> one metrics dict per problem, in order
-Evaluator = Callable[[np.ndarray, np.ndarray, object, dict], list[dict[str, float]]]
+def training_set_key(target: str, problem: Problem) -> tuple[str, ...]:
+    """Which training set a problem uses, within one (layer, seed).
+
+    Conditions share training sets: ``zero_shot`` from donor j trains on N of j, exactly ``single`` of j;
+    ``pair``
+    (i, j) and (j, i) both train on N of i + N of j. Each distinct set is fitted once and scored on every
+    test set
+    that needs it (the problems differ only in what they are tested on).
+    """
+    if problem.condition in ("single", "zero_shot"):
+        return ("n", problem.donor)
+    if problem.condition == "self":
+        return ("2n", target)
+    if problem.condition == "pair":
+        return ("pair", *sorted((target, problem.donor)))
+    return (problem.condition, target, problem.donor)
+
+
+def distinct_training_sets(groups: list) -> tuple[list[np.ndarray], list[list[int]]]:
+    """(the distinct training row sets, per group the index of each problem's set), first-seen order."""
+    index: dict[tuple[str, ...], int] = {}
+    sets: list[np.ndarray] = []
+    which: list[list[int]] = []
+    for g in groups:
+        ids = []
+        for problem in g.problems:
+            key = training_set_key(g.target, problem)
+            if key not in index:
+                index[key] = len(sets)
+                sets.append(problem.train_rows)
+            ids.append(index[key])
+        which.append(ids)
+    return sets, which
+
+
+# evaluate(X, labels, groups, options) -> per group, one metrics dict per problem, in order. All groups of
+# one call
+# share a (layer, seed), so an evaluator may batch across targets and reuse per-language work.
+Evaluator = Callable[[np.ndarray, np.ndarray, list, dict], list[list[dict[str, float]]]]
 
 
 @dataclass(frozen=True)
@@ -133,16 +172,58 @@ def _logistic_estimator(options: dict):
         )
 
 
-@register_probe("logreg", "classification", "L2 logistic regression on standardised features (batched)")
-def logistic_fast(X: np.ndarray, y: np.ndarray, group: ClassificationGroup, options: dict) -> list[dict]:
-    return logistic_naive(X, y, group, options)
+@register_probe("logreg", "classification", "L2 logistic regression on standardised features")
+def logistic_fast(
+    X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict
+) -> list[list[dict]]:
+    """Each distinct training set of the (layer, seed) is fitted once (``distinct_training_sets``: zero-shot
+    reuses single, pair (i, j) serves (j, i)), then every model predicts each test set that needs it.
+
+    ``options["solver"]``: ``"sklearn"`` (default: the same pipeline as the naive loop, so values agree to
+    rounding) or ``"batched"`` (``cltm.probes.batched_logistic``: all sets in one batched Newton solve; binary
+    labels only; on this CPU it is slower per problem than scikit-learn, see benchmarks/RESULTS.md).
+    """
+    if not groups:
+        return []
+    sets, which = distinct_training_sets(groups)
+    if options.get("solver", "sklearn") == "batched" and groups[0].n_classes == 2:
+        from cltm.probes.batched_logistic import fit_logistic_subsets
+
+        fit = fit_logistic_subsets(X, y, sets, C=float(options.get("C", 1.0)))
+        coef, intercept = fit.raw_coef, fit.raw_intercept
+
+        def predict(k: int, X_test: np.ndarray) -> np.ndarray:
+            return (np.asarray(X_test, np.float64) @ coef[k] + intercept[k] > 0).astype(np.int64)
+    else:
+        models = [_logistic_estimator(options).fit(X[rows], y[rows]) for rows in sets]
+
+        def predict(k: int, X_test: np.ndarray) -> np.ndarray:
+            return models[k].predict(X_test)
+
+    out = []
+    for g, ids in zip(groups, which, strict=True):
+        X_test, y_test = X[g.test_rows], y[g.test_rows]
+        cache: dict[int, dict] = {}
+        scores = []
+        for k in ids:
+            if k not in cache:
+                cache[k] = _classification_scores(y_test, predict(k, X_test))
+            scores.append(cache[k])
+        out.append([dict(v) for v in scores])
+    return out
 
 
 @register_naive("logreg")
-def logistic_naive(X: np.ndarray, y: np.ndarray, group: ClassificationGroup, options: dict) -> list[dict]:
-    X_test, y_test = X[group.test_rows], y[group.test_rows]
+def logistic_naive(
+    X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict
+) -> list[list[dict]]:
+    """One estimator fit per problem (the reference the fast path is checked against)."""
     out = []
-    for problem in group.problems:
-        est = _logistic_estimator(options).fit(X[problem.train_rows], y[problem.train_rows])
-        out.append(_classification_scores(y_test, est.predict(X_test)))
+    for g in groups:
+        X_test, y_test = X[g.test_rows], y[g.test_rows]
+        scores = []
+        for problem in g.problems:
+            est = _logistic_estimator(options).fit(X[problem.train_rows], y[problem.train_rows])
+            scores.append(_classification_scores(y_test, est.predict(X_test)))
+        out.append(scores)
     return out

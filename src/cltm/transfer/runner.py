@@ -117,15 +117,24 @@ def _layer_rows(
     evaluate = spec.naive if settings.get("naive") else spec.fast
     rows: list[dict[str, Any]] = []
     for seed in settings["seeds"]:
-        for target in plans:
-            problems = problem_group_conditions(
-                plans, target, seed, donors=settings["donors"], zero_shot=settings["zero_shot"]
+        targets = list(plans)
+        problem_lists = [
+            problem_group_conditions(
+                plans, t, seed, donors=settings["donors"], zero_shot=settings["zero_shot"]
             )
-            if settings["kind"] == "verification":
-                group: Any = VerificationGroup(problems, plans[target].trials)
-            else:
-                group = ClassificationGroup(problems, plans[target].test_rows, settings["n_classes"])
-            metrics = evaluate(X, labels, group, settings["options"])
+            for t in targets
+        ]
+        if settings["kind"] == "verification":
+            groups: list[Any] = [
+                VerificationGroup(p, plans[t].trials) for t, p in zip(targets, problem_lists, strict=True)
+            ]
+        else:
+            groups = [
+                ClassificationGroup(p, plans[t].test_rows, settings["n_classes"], t)
+                for t, p in zip(targets, problem_lists, strict=True)
+            ]
+        results = evaluate(X, labels, groups, settings["options"])
+        for target, problems, metrics in zip(targets, problem_lists, results, strict=True):
             for problem, values in zip(problems, metrics, strict=True):
                 rows.append(
                     {
