@@ -146,3 +146,23 @@ def test_embeddings_are_unit_length_means_of_last_k_layers(tiny_dir):
 def test_unknown_mode_is_refused(tiny_dir):
     with pytest.raises(ValueError, match="unknown PEFT mode"):
         _fresh(tiny_dir, "prefix")
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tiny_dir):
+    """bf16 autocast (CPU here, GPU in practice): weights stay fp32, the first loss is close to fp32's."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = _fresh(tiny_dir, "none")
+        log = train_classifier(model, _waves(2), [0, 1], TrainSettings(lr=1e-3, precision=precision), seed=0)
+        losses[precision] = log.losses
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert np.isfinite(losses["bf16"]).all()
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], abs=0.05)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(precision="fp16")
+    with pytest.raises(ValueError):
+        TrainSettings(lr=0.0)
+    assert TrainSettings() == TrainSettings(epochs=1, lr=1e-5, batch_size=1, precision="fp32", grad_clip=1.0)
