@@ -82,11 +82,15 @@ def _run_import(
     from cltm.corpus.info import corpus_totals
     from cltm.corpus.manifest import ManifestError, write_manifest
 
+    if out.suffix.lower() not in (".parquet", ".pq", ".csv", ".tsv"):
+        raise typer.BadParameter("use a .parquet, .csv or .tsv file name", param_hint="'--out'")
     console = Console()
     try:
         df = run()
     except (CorpusImportError, ManifestError, FileNotFoundError) as err:
         raise _fail(str(err)) from err
+    except (OSError, pl.exceptions.PolarsError) as err:  # unreadable or corrupt input files
+        raise _fail(f"cannot read the corpus: {err}") from err
     assert isinstance(df, pl.DataFrame)
 
     if check_files:

@@ -109,13 +109,16 @@ def find_commonvoice_locales(root: str | os.PathLike[str]) -> dict[str, Path]:
             f"{root}: not a directory (expected a Common Voice release or locale directory)"
         )
     if _is_locale_dir(root):
-        return {root.resolve().name: root}
+        return {Path(os.path.abspath(root)).name: root}
     return {child.name: child for child in sorted(root.iterdir()) if _is_locale_dir(child)}
 
 
 def _read_commonvoice_tsv(path: Path) -> pl.DataFrame:
     # Sentences contain quote characters that are not CSV quoting: read every field as raw text.
-    df = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False)
+    try:
+        df = pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        raise CorpusImportError(f"{path}: cannot read as a TSV ({exc})") from exc
     missing = [c for c in _COMMONVOICE_REQUIRED if c not in df.columns]
     if missing:
         raise CorpusImportError(
@@ -127,7 +130,8 @@ def _read_commonvoice_tsv(path: Path) -> pl.DataFrame:
 
 def _commonvoice_rows(tsv: Path, locale: str, locale_dir: Path, split: str | None) -> pl.DataFrame:
     df = _read_commonvoice_tsv(tsv)
-    clips = str(locale_dir.resolve() / "clips")
+    # abspath, not resolve(): keep the user's symlinked layout in the paths
+    clips = os.path.join(os.path.abspath(locale_dir), "clips")
     df = df.rename({"accent": "accents"}) if "accent" in df.columns and "accents" not in df.columns else df
     language = pl.lit(locale)
     if "locale" in df.columns:
@@ -181,6 +185,10 @@ def import_commonvoice(
         chosen = {loc: found[loc] for loc in locales}
     else:
         chosen = found
+    if not splits and not include_validated:
+        raise CorpusImportError(
+            "nothing to import: give at least one split (train, dev, test) or include_validated"
+        )
     bad_splits = [s for s in splits if s not in COMMONVOICE_SPLITS]
     if bad_splits:
         raise CorpusImportError(
@@ -373,7 +381,7 @@ def import_folder(
                         file = Path(dirpath) / name
                         relative = file.relative_to(root).with_suffix("")
                         rows.append(
-                            (relative.as_posix(), str(file.resolve()), language_dir.name, speaker_dir.name)
+                            (relative.as_posix(), os.path.abspath(file), language_dir.name, speaker_dir.name)
                         )
     if not rows:
         raise CorpusImportError(

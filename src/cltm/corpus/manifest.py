@@ -359,6 +359,15 @@ def _is_remote(path: str) -> bool:
 def resolve_paths(df: pl.DataFrame, base_dir: str | os.PathLike[str]) -> pl.DataFrame:
     """Make relative ``path`` values absolute against ``base_dir``; absolute paths and URLs stay as is."""
     base = os.path.abspath(os.fspath(base_dir))
+    path = pl.col("path")
+    maybe_relative = (
+        path.is_not_null()
+        & (path.str.strip_chars() != "")
+        & ~path.str.starts_with("/")
+        & ~path.str.contains("://", literal=True)
+    )
+    if not df.select(maybe_relative.any()).item():
+        return df  # the common case (importers write absolute paths): no per-row Python call
 
     def resolve(p: str | None) -> str | None:
         if p is None or not p.strip() or _is_remote(p) or os.path.isabs(p):
