@@ -227,3 +227,108 @@ def logistic_naive(
             scores.append(_classification_scores(y_test, est.predict(X_test)))
         out.append(scores)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Speaker verification: Gaussian back-ends from composed per-language statistics
+# ------------------------------------------------------------------------------------------------------------
+
+#: registered back-end name -> (class name in cltm.probes, default parameters)
+BACKENDS: dict[str, tuple[str, dict]] = {
+    "plda": ("PLDA", {"n_components": 200}),
+    "plda_full": ("PLDA", {}),
+    "cosine": ("CosineBackend", {"center": True}),
+    "lda_cosine": ("LDACosine", {"n_components": 150}),
+}
+
+
+def _backend(name: str, options: dict):
+    import cltm.probes as probes
+
+    cls_name, defaults = BACKENDS[name]
+    params = {**defaults, **options.get("backend_params", {})}
+    return getattr(probes, cls_name), params
+
+
+def _score_group(model, X: np.ndarray, trials: pl.DataFrame) -> dict[str, float]:
+    enroll = trials["enroll_row"].to_numpy()
+    test = trials["test_row"].to_numpy()
+    rows, inverse = np.unique(np.concatenate([enroll, test]), return_inverse=True)
+    # transform only the rows the trials use, not the whole layer
+    scores = model.score_trials(X[rows], inverse[: len(enroll)], inverse[len(enroll) :])
+    return _verification_scores(trials["label"].to_numpy(), scores)
+
+
+def _verification_fast(name: str):
+    def evaluate(X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], options: dict) -> list:
+        """Statistics per language (N of l, and the other N of its 2N) computed once per (layer, seed) and
+        added up per condition; one back-end per distinct training set; each target's trials scored once."""
+        from cltm.probes import SpeakerStats
+
+        cls, params = _backend(name, options)
+        length_norm = cls(**params)._length_norm_input
+        by_key: dict[tuple[str, ...], np.ndarray] = {}
+        for g in groups:
+            for p in g.problems:
+                by_key.setdefault(training_set_key(g.target, p), p.train_rows)
+        block_stats: dict[tuple[str, str], object] = {}
+
+        def stats_of(rows: np.ndarray):
+            return SpeakerStats.from_data(X[rows], speakers[rows], length_norm=length_norm)
+
+        for key, rows in by_key.items():
+            if key[0] == "n":
+                block_stats[("n", key[1])] = stats_of(rows)
+        for key, rows in by_key.items():
+            if key[0] == "2n":
+                n_rows = by_key[("n", key[1])]
+                extra = rows[~np.isin(rows, n_rows)]
+                block_stats[("extra", key[1])] = stats_of(extra)
+        models: dict[tuple[str, ...], object] = {}
+
+        def model_of(key: tuple[str, ...]):
+            if key not in models:
+                if key[0] == "n":
+                    st = block_stats[("n", key[1])]
+                elif key[0] == "2n":
+                    st = block_stats[("n", key[1])] + block_stats[("extra", key[1])]
+                elif key[0] == "pair":
+                    st = block_stats[("n", key[1])] + block_stats[("n", key[2])]
+                else:  # pragma: no cover - every planned condition is one of the above
+                    st = stats_of(by_key[key])
+                models[key] = cls.from_stats(st, **params)
+            return models[key]
+
+        out = []
+        for g in groups:
+            scored: dict[tuple[str, ...], dict] = {}
+            for p in g.problems:
+                key = training_set_key(g.target, p)
+                if key not in scored:
+                    scored[key] = _score_group(model_of(key), X, g.trials)
+            out.append([dict(scored[training_set_key(g.target, p)]) for p in g.problems])
+        return out
+
+    return evaluate
+
+
+def _verification_naive(name: str):
+    def evaluate(X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], options: dict) -> list:
+        """One back-end trained on the data of each (condition, target, donor), as a per-cell loop would."""
+        cls, params = _backend(name, options)
+        return [
+            [
+                _score_group(cls(**params).fit(X[p.train_rows], speakers[p.train_rows]), X, g.trials)
+                for p in g.problems
+            ]
+            for g in groups
+        ]
+
+    return evaluate
+
+
+for _name, (_cls, _defaults) in BACKENDS.items():
+    register_probe(_name, "verification", f"{_cls}({_defaults}) from composed per-language statistics")(
+        _verification_fast(_name)
+    )
+    register_naive(_name)(_verification_naive(_name))

@@ -126,7 +126,7 @@ def _layer_rows(
         ]
         if settings["kind"] == "verification":
             groups: list[Any] = [
-                VerificationGroup(p, plans[t].trials) for t, p in zip(targets, problem_lists, strict=True)
+                VerificationGroup(p, plans[t].trials, t) for t, p in zip(targets, problem_lists, strict=True)
             ]
         else:
             groups = [
