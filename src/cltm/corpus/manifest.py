@@ -140,11 +140,15 @@ GENDER_ALIASES: dict[str, str] = {
 }
 
 
+# One explicit set for both versions: Python's str.strip and polars' strip_chars differ on control chars.
+_SPACES = " \t\n\r\x0b\x0c"
+
+
 def normalize_gender(value: Any) -> str | None:
     """Map one gender value to ``"female"``/``"male"``; other values lower-cased; empty/None/NaN -> None."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    text = str(value).strip().lower()
+    text = str(value).strip(_SPACES).lower()
     if not text:
         return None
     return GENDER_ALIASES.get(text, text)
@@ -152,7 +156,7 @@ def normalize_gender(value: Any) -> str | None:
 
 def normalize_genders(values: pl.Series) -> pl.Series:
     """Vectorised :func:`normalize_gender` over a polars Series (same rules), named ``gender``."""
-    text = values.cast(pl.String).str.strip_chars().str.to_lowercase()
+    text = values.cast(pl.String).str.strip_chars(_SPACES).str.to_lowercase()
     text = pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text)).to_series()
     return text.replace(GENDER_ALIASES).alias("gender")
 
