@@ -158,6 +158,12 @@ def test_import_table_with_map_and_language(tmp_path):
     assert bad.exit_code == 1 and "available columns: file, who, sex" in bad.output
 
 
+def test_an_unknown_output_format_is_refused_before_importing(common_voice, tmp_path):
+    result = invoke("corpus", "import", "commonvoice", common_voice, "--out", tmp_path / "m.xlsx")
+    assert result.exit_code == 2 and "--out" in result.output and ".parquet" in result.output
+    assert not (tmp_path / "m.xlsx").exists()
+
+
 def test_check_files_fails_on_missing_audio(tmp_path):
     pl.DataFrame({"path": ["gone.wav"], "language": ["en"]}).write_csv(tmp_path / "meta.csv")
     result = invoke("corpus", "import", "table", tmp_path / "meta.csv", "--out", tmp_path / "m.parquet",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,17 @@ def test_a_directory_without_common_voice_files_is_a_clear_error(tmp_path):
         import_commonvoice(tmp_path)
     with pytest.raises(CorpusImportError, match="not a directory"):
         import_commonvoice(tmp_path / "nope")
+
+
+def test_an_empty_tsv_or_no_split_is_a_clear_error(tmp_path):
+    build_common_voice(tmp_path, clips_per_file=1, extra_validated=1)
+    with pytest.raises(CorpusImportError, match="nothing to import"):
+        import_commonvoice(tmp_path, splits=())
+    only_validated = import_commonvoice(tmp_path, locales=["ca"], splits=(), include_validated=True)
+    assert only_validated.height == 4 and only_validated["split"].null_count() == 4  # 3 split clips + 1
+    (tmp_path / "ca" / "test.tsv").write_bytes(b"")
+    with pytest.raises(CorpusImportError, match=re.escape(str(tmp_path / "ca" / "test.tsv"))):
+        import_commonvoice(tmp_path, locales=["ca"])
 
 
 def test_a_tsv_without_client_id_names_the_file_and_its_columns(tmp_path):

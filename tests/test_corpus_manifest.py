@@ -196,6 +196,9 @@ def test_absolute_paths_and_urls_are_left_alone(tmp_path):
     df = good_frame(2).with_columns(pl.Series("path", ["/data/a.wav", "s3://bucket/b.wav"]))
     back = read_manifest(write_manifest(df, tmp_path / "m.parquet"))
     assert back["path"].to_list() == ["/data/a.wav", "s3://bucket/b.wav"]
+    mixed = good_frame(3).with_columns(pl.Series("path", ["/data/a.wav", "./sub/../b.wav", "s3://x/c.wav"]))
+    back = read_manifest(write_manifest(mixed, tmp_path / "mixed.parquet"))
+    assert back["path"].to_list() == ["/data/a.wav", str(tmp_path / "b.wav"), "s3://x/c.wav"]
 
 
 def test_read_manifest_names_the_file_and_rows(tmp_path):
