@@ -217,8 +217,9 @@ def fit_logistic_batched(
 
     X: [b, n, d] array (with an optional boolean ``mask`` [b, n] marking real rows) or a list of b arrays
     [n_i, d]; y: labels 0/1 of the same layout. ``sample_weight`` [b, n] multiplies the class weights, as in
-    scikit-learn. Problems are solved ``chunk_size`` at a time (memory ~ chunk_size * (n*d + n*n) * 8 bytes).
-    Returns coefficients in the standardised space plus the standardisation (see :class:`BatchedLogisticFit`).
+    scikit-learn (>= 1.6, which also weights the class totals). Problems are solved ``chunk_size`` at a time
+    (memory ~ chunk_size * (n*d + n*n) * 8 bytes). Returns coefficients in the standardised space plus the
+    standardisation (see :class:`BatchedLogisticFit`).
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
@@ -249,9 +250,10 @@ def fit_logistic_batched(
         t = torch.from_numpy(labels[sl].astype(np.float64))
         weight = torch.from_numpy(sw_all[sl]) * m
         if class_weight == "balanced":
-            count = m.sum(1, keepdim=True).to(torch.float64)
-            pos = (t * m).sum(1, keepdim=True)
-            cls_w = torch.where(t > 0, count / (2 * pos), count / (2 * (count - pos)))
+            # scikit-learn >= 1.6 balances the sample-weighted class totals: sum(sw) / (2 * sum_c(sw))
+            total = weight.sum(1, keepdim=True)
+            pos = (weight * t).sum(1, keepdim=True)
+            cls_w = torch.where(t > 0, total / (2 * pos), total / (2 * (total - pos)))
             weight = weight * cls_w
         Z, mean, scale = _standardise(Xc, m)
         K = torch.bmm(Z, Z.transpose(1, 2))
