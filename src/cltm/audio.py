@@ -30,11 +30,15 @@ class AudioError(Exception):
         return (type(self), (self.path, self.reason))
 
 
-def _open_info(path: Path) -> sf._SoundFileInfo:
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise AudioError(path, "file not found")
     if not path.is_file():
         raise AudioError(path, "not a regular file")
+
+
+def _open_info(path: Path) -> sf._SoundFileInfo:
+    _check_file(path)
     try:
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -102,17 +106,18 @@ def load_audio(
     Raises :class:`AudioError` for a missing, unreadable, empty or non-finite input.
     """
     path = Path(path)
-    info = _open_info(path)
-    sr = info.samplerate
     if start is not None and start < 0:
         raise AudioError(path, f"segment start {start} s is negative")
     if start is not None and end is not None and end <= start:
         raise AudioError(path, f"segment end {end} s is not after start {start} s")
-    first = int(math.floor(start * sr)) if start is not None else 0
-    last = int(math.ceil(end * sr)) if end is not None else -1
-    n_wanted = (last - first) if last >= 0 else -1
+    _check_file(path)
     try:
+        # one open per file: the header and the samples come from the same handle (cheap on network disks)
         with sf.SoundFile(str(path)) as f:
+            sr = f.samplerate
+            first = int(math.floor(start * sr)) if start is not None else 0
+            last = int(math.ceil(end * sr)) if end is not None else -1
+            n_wanted = (last - first) if last >= 0 else -1
             if first > 0 and 0 < f.frames <= first:
                 wave = np.zeros((0, f.channels), dtype=np.float32)  # segment starts after the end
             elif first > 0 and f.seekable():
@@ -122,7 +127,7 @@ def load_audio(
                 wave = f.read(dtype="float32", always_2d=True)[first : (last if last >= 0 else None)]
             else:
                 wave = f.read(frames=n_wanted, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
     if wave.shape[0] == 0:
         where = "" if start is None and end is None else f" in segment [{start}, {end}] s"

@@ -143,8 +143,10 @@ def speaker_disjoint_split(df: pl.DataFrame, *, test_fraction: float = 0.25, see
         ),
     )
     lookup = pl.concat([existing, assigned])
-    out = out.join(lookup, on=["language", "speaker"], how="left", maintain_order="left")
-    return out.with_columns(pl.coalesce("split", "_speaker_split").alias("split")).drop("_speaker_split")
+    # an explicit row index keeps the input order on every polars version (join order is not guaranteed)
+    out = out.with_row_index("_row").join(lookup, on=["language", "speaker"], how="left").sort("_row")
+    out = out.with_columns(pl.coalesce("split", "_speaker_split").alias("split"))
+    return out.drop("_speaker_split", "_row")
 
 
 def balanced_subset(
