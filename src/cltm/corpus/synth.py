@@ -305,7 +305,9 @@ def synthesize_corpus(
     ``speakers_per_gender`` female and as many male speakers (>= 3: one train and two test speakers at least),
     each reading ``utts_per_speaker`` sentences (cycling through the language's sentences in a seeded order).
     ``workers``: processes (default: one per language, at most the CPU count); each language is synthesised
-    in a fresh process, so a language's files do not depend on the other languages asked for.
+    in a fresh process, so a language's files do not depend on the other languages asked for. Those are
+    ``spawn`` processes: a script that calls this at import time needs the usual ``if __name__ ==
+    "__main__":`` guard (the ``cltm`` command, notebooks and ``python -c`` need nothing).
     """
     languages = list(DEFAULT_LANGUAGES if languages is None else languages)
     if not languages:
