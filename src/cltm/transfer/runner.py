@@ -291,6 +291,8 @@ def run_matrix(
     families: dict[str, str] | None = None,
     model: str | None = None,
     C: float = 1.0,
+    solver: str = "sklearn",
+    backend_params: dict[str, Any] | None = None,
     naive: bool = False,
 ) -> MatrixResult:
     """Per-layer CLTMs: train every condition (single, self, pair, zero_shot) over seeds, then the statistics.
@@ -388,6 +390,8 @@ def run_matrix(
         "seeds": seeds_,
         "probe": spec.name,
         "C": C,
+        "solver": solver,
+        "backend_params": backend_params,
         "languages": sorted(plans),
         "donors": sorted(donors) if donors is not None else None,
         "zero_shot": zero_shot,
@@ -406,7 +410,7 @@ def run_matrix(
         "donors": list(donors) if donors is not None else None,
         "zero_shot": zero_shot,
         "n_classes": n_classes,
-        "options": {"C": C},
+        "options": {"C": C, "solver": solver, "backend_params": dict(backend_params or {})},
         "naive": naive,
     }
     if plans:
