@@ -25,6 +25,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import queue
 import threading
 import zlib
 from collections.abc import Sequence
@@ -350,10 +351,19 @@ def synthesize_corpus(
     rows_by_language: dict[str, list[dict]] = {}
     total = len(languages) * 2 * speakers_per_gender * utts_per_speaker
     context = multiprocessing.get_context("spawn")
-    with _progress_bar(progress, total) as advance, context.Pool(n_workers, maxtasksperchild=1) as pool:
-        for lang, rows in pool.imap_unordered(_synthesize_language, jobs):
+    ticks = context.Queue() if progress else None  # workers report each utterance for the progress bar
+    with (
+        _progress_bar(progress, total) as advance,
+        context.Pool(n_workers, _init_worker, (ticks,), maxtasksperchild=1) as pool,
+    ):
+        pending = pool.map_async(_synthesize_language, jobs)
+        while ticks is not None and not pending.ready():
+            try:
+                advance(ticks.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        for lang, rows in pending.get():
             rows_by_language[lang] = rows
-            advance(len(rows))
 
     manifest = pl.DataFrame([row for lang in languages for row in rows_by_language[lang]])
     speakers = pl.DataFrame([asdict(v) for lang in languages for v in voices[lang]])
@@ -371,6 +381,14 @@ class _LanguageJob:
     utts_per_speaker: int
     seed: int
     first_test_index: int  # speakers with this 0-based index within their gender and above are test
+
+
+_PROGRESS_TICKS = None  # a worker's queue to the parent's progress bar (set by _init_worker)
+
+
+def _init_worker(ticks) -> None:  # noqa: ANN001 - a multiprocessing queue or None
+    global _PROGRESS_TICKS
+    _PROGRESS_TICKS = ticks
 
 
 def _synthesize_language(job: _LanguageJob) -> tuple[str, list[dict]]:
@@ -400,6 +418,8 @@ def _synthesize_language(job: _LanguageJob) -> tuple[str, list[dict]]:
                     "text": text,
                 }
             )
+            if _PROGRESS_TICKS is not None:
+                _PROGRESS_TICKS.put(1)
     return language, rows
 
 
