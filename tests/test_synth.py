@@ -148,7 +148,7 @@ def test_custom_sentences_for_another_language(tmp_path):
         languages=["fi"],
         speakers_per_gender=3,
         utts_per_speaker=2,
-        progress=False,
+        progress=True,  # also runs the worker -> progress-bar queue
         sentences={"fi": ["Hyvää huomenta.", "Kiitos paljon."]},
     )
     manifest = pl.read_parquet(path)
