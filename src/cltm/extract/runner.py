@@ -458,7 +458,6 @@ def extract(
         plan = plan[:max_batches]
     tag = f"shard-{k}-of-{n}"
     writer = _Writer(cache, tag, flush_seconds, cache.pooling)
-    writer.start()
     dev = _resolve_device(device)
     loaded.to(dev)
     autocast_dtype = _DTYPES[dtype]
@@ -478,6 +477,10 @@ def extract(
         pin_memory=dev.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
     )
+    # fork the decoding workers before the writer thread exists (forking a process with busy threads is
+    # how locks end up held forever in the child)
+    batches = iter(loader)
+    writer.start()
     utt_ids = table["utt_id"].to_list()
     run_failures: list[dict[str, str]] = []
     seconds_done = 0.0
@@ -494,7 +497,7 @@ def extract(
     with _progress(progress, total_seconds, f"extract {tag}" if n > 1 else "extract") as advance:
         try:
             last_window = None
-            for (window, _), items in zip(plan, loader, strict=True):
+            for (window, _), items in zip(plan, batches, strict=True):
                 if last_window is not None and window != last_window:
                     writer.put(("flush", None))  # a window is finished: its chunks are written once
                 last_window = window
@@ -519,8 +522,8 @@ def extract(
                     seconds_done += seconds
                     n_done_now += 1
                 advance(sum(seconds_of[it["row"]] for it in items))
-        finally:
-            writer.put(None)
+        finally:  # also on Ctrl-C: rows already computed are written before we stop
+            writer.queue.put(None)
             writer.join()
     if writer.error is not None:
         raise RuntimeError(f"writing to the cache {out} failed: {writer.error}") from writer.error
