@@ -22,6 +22,7 @@ from cltm.corpus import (
     validate,
     write_manifest,
 )
+from cltm.corpus.manifest import resolve_paths
 
 
 def good_frame(n: int = 6) -> pl.DataFrame:
@@ -199,6 +200,23 @@ def test_absolute_paths_and_urls_are_left_alone(tmp_path):
     mixed = good_frame(3).with_columns(pl.Series("path", ["/data/a.wav", "./sub/../b.wav", "s3://x/c.wav"]))
     back = read_manifest(write_manifest(mixed, tmp_path / "mixed.parquet"))
     assert back["path"].to_list() == ["/data/a.wav", str(tmp_path / "b.wav"), "s3://x/c.wav"]
+
+
+path_parts = st.sampled_from(["a", "b.wav", ".", "..", "", "~", "C:", "s3:", "x y", "é"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(path_parts, min_size=1, max_size=4).map("/".join)), max_size=8))
+def test_path_resolution_matches_os_path(paths):
+    base = "/data/corpus"
+
+    def reference(p):
+        if p is None or not p.strip() or "://" in p or os.path.isabs(p):
+            return p
+        return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+
+    df = pl.DataFrame({"path": paths}, schema={"path": pl.String})
+    assert resolve_paths(df, base)["path"].to_list() == [reference(p) for p in paths]
 
 
 def test_read_manifest_names_the_file_and_rows(tmp_path):
