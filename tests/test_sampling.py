@@ -18,6 +18,7 @@ from cltm.corpus.sampling import (
     balanced_subset,
     make_trials,
     required_speakers,
+    seeded_rank,
     speaker_disjoint_split,
     speaker_subset,
 )
@@ -313,3 +314,29 @@ def test_make_trials_tiny_group_falls_back_to_any_unused_pair():
         assert len({frozenset(p) for p in zip(trials["enroll"], trials["test"], strict=True)}) == 18
     with pytest.raises(SamplingError, match="distinct non-target pairs"):
         make_trials(pool.filter(pl.col("utt_id") != "b1"), seed=0, max_targets_per_speaker=8)
+
+
+def _rank_reference(key: object, seed: int) -> int:
+    """FNV-1a 64 over UTF-8 bytes, xor splitmix64(seed), splitmix64: with Python ints, one key at a time."""
+    mask = (1 << 64) - 1
+
+    def splitmix(x: int) -> int:
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    h = 0xCBF29CE484222325
+    for byte in str(key).encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & mask
+    return splitmix(h ^ splitmix(seed & mask))
+
+
+@SETTINGS
+@given(
+    keys=st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=30)),
+    seed=st.integers(-(2**40), 2**40),
+)
+def test_seeded_rank_matches_reference(keys, seed):
+    assert seeded_rank(keys, seed).tolist() == [_rank_reference(k, seed) for k in keys]
+    assert seeded_rank([*reversed(keys)], seed).tolist() == [_rank_reference(k, seed) for k in reversed(keys)]

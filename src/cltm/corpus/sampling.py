@@ -12,7 +12,6 @@ CLTM cell differ only by the extra N utterances.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from collections import Counter
@@ -38,20 +37,38 @@ class SamplingError(ValueError):
     """A subset or trial list that the pool cannot provide; the message says what is available."""
 
 
-def seeded_rank(keys: Iterable[object], seed: int) -> np.ndarray:
-    """A seeded pseudo-random 64-bit rank per key, a pure function of (seed, key).
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
 
-    Sorting by it gives a seeded permutation that does not depend on where a key sits in its table. blake2b
-    rather than Python's ``hash`` so the ranks are the same in every process and Python version.
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser (uint64 in, uint64 out, wrapping arithmetic): a full-avalanche bit mixer."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def seeded_rank(keys: Iterable[object], seed: int) -> np.ndarray:
+    """A seeded pseudo-random 64-bit rank per key, a pure function of (seed, str(key)).
+
+    Sorting by it gives a seeded permutation that does not depend on where a key sits in its table. The
+    definition is fixed (FNV-1a over the key's UTF-8 bytes, then splitmix64 of that xor a mixed seed), so the
+    ranks are the same in every process, platform and library version, unlike Python's ``hash`` or polars'
+    ``hash``. Vectorised over the keys' bytes: about 0.3 us per key.
     """
-    prefix = f"cltm-sampling\x1f{int(seed)}\x1f".encode()
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(prefix + str(k).encode(), digest_size=8).digest(), "little")
-            for k in keys
-        ),
-        dtype=np.uint64,
-    )
+    encoded = np.array([str(k).encode("utf-8") for k in keys], dtype=bytes)
+    if encoded.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    width = max(encoded.dtype.itemsize, 1)
+    columns = np.frombuffer(encoded.tobytes(), dtype=np.uint8).reshape(len(encoded), width)
+    lengths = np.char.str_len(encoded)
+    h = np.full(len(encoded), _FNV_OFFSET, dtype=np.uint64)
+    for j in range(width):
+        # keys shorter than the array's width are NUL-padded: only their own bytes enter the hash
+        h = np.where(j < lengths, (h ^ columns[:, j].astype(np.uint64)) * _FNV_PRIME, h)
+    seed_mix = _splitmix64(np.array([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
+    return _splitmix64(h ^ seed_mix)
 
 
 def required_speakers(n: int, min_speaker_fraction: float = 0.0125) -> int:
