@@ -217,9 +217,9 @@ def fit_logistic_batched(
 
     X: [b, n, d] array (with an optional boolean ``mask`` [b, n] marking real rows) or a list of b arrays
     [n_i, d]; y: labels 0/1 of the same layout. ``sample_weight`` [b, n] multiplies the class weights, as in
-    scikit-learn (>= 1.6, which also weights the class totals). Problems are solved ``chunk_size`` at a time
-    (memory ~ chunk_size * (n*d + n*n) * 8 bytes). Returns coefficients in the standardised space plus the
-    standardisation (see :class:`BatchedLogisticFit`).
+    scikit-learn (whose balanced class weights also use the weighted class totals). Problems are solved
+    ``chunk_size`` at a time (memory ~ chunk_size * (n*d + n*n) * 8 bytes). Returns coefficients in the
+    standardised space plus the standardisation (see :class:`BatchedLogisticFit`).
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
