@@ -143,6 +143,8 @@ def test_common_voice_locale_selection_and_validated_rows(common_voice):
     root, expected = common_voice
     df = import_commonvoice(root, locales=["zh-HK"], include_validated=True)
     assert as_rows(df) == rows_of(expected, validated=True, locales={"zh-HK"})
+    as_text = import_commonvoice(root, locales="zh-HK", splits="train,test")  # "a,b" strings work too
+    assert as_rows(as_text) == as_rows(df.filter(pl.col("split").is_in(["train", "test"])))
     assert df.filter(pl.col("split").is_null()).height == 2  # only the clips in no split file
 
 

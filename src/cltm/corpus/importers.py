@@ -170,6 +170,11 @@ def import_commonvoice(
     split (the sampling code can split them speaker-disjointly). ``locales=None`` imports every locale found.
     """
     root = Path(root)
+    # a comma-separated string ("ca,es") is accepted too: iterating it character by character would be a trap
+    if isinstance(locales, str):
+        locales = [loc.strip() for loc in locales.split(",") if loc.strip()]
+    if isinstance(splits, str):
+        splits = [s.strip() for s in splits.split(",") if s.strip()]
     found = find_commonvoice_locales(root)
     if not found:
         raise CorpusImportError(
