@@ -398,7 +398,7 @@ def test_two_processes_split_the_runs_and_match_one_process(gender_run, corpus, 
         "-N",
         "2",
         "--seeds",
-        "2",
+        "1",
         "--lr",
         "1e-3",
         "--out",
@@ -413,7 +413,76 @@ def test_two_processes_split_the_runs_and_match_one_process(gender_run, corpus, 
     assert not (out / "runs.parts").exists()  # rank 0 folded the part files into runs.parquet
     key = ["condition", "target", "donor", "seed"]
     dist = pl.read_parquet(out / "runs.parquet").sort(key)
-    single = gender_run[0].runs.sort(key)
+    single = gender_run[0].runs.filter(pl.col("seed") == 0).sort(key)  # 4 runs, 2 per rank
     assert dist.select(key).equals(single.select(key))
     np.testing.assert_allclose(dist["f1"].to_numpy(), single["f1"].to_numpy(), atol=1e-9)
     np.testing.assert_allclose(dist["train_loss"].to_numpy(), single["train_loss"].to_numpy(), rtol=1e-4)
+
+
+def test_cltm_matrix_from_runs_reads_the_finetune_table(gender_run, tmp_path):
+    _, out = gender_run
+    result = _cli(
+        ["matrix", "--from-runs", str(out / "runs.parquet"), "--out", str(tmp_path / "m"), "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    matrices = pl.read_parquet(tmp_path / "m" / "matrices.parquet")
+    cells = matrices.filter(pl.col("target") != pl.col("donor"))
+    assert set(cells.select("target", "donor").iter_rows()) == {("en", "de"), ("en", "fr")}
+    assert (matrices["probe"] == "finetune").all() and (matrices["task"] == "gender").all()
+    # the perf columns are the seed means of this table's runs
+    runs = pl.read_parquet(out / "runs.parquet")
+    single = runs.filter(pl.col("condition") == "single")["f1"].mean()
+    assert cells["perf_single"][0] == pytest.approx(single)
+
+
+def test_cli_from_matrix_runs_the_top_cell(corpus, tmp_path):
+    manifest_path, model_dir = corpus
+    matrices = pl.DataFrame(
+        [
+            dict(
+                task="gender",
+                model="m",
+                layer=2,
+                probe="logreg",
+                metric="f1",
+                target=t,
+                donor=d,
+                cltm=v,
+                cltm_se=0.1,
+                unstable=False,
+            )
+            for t, d, v in (("de", "fr", 0.1), ("fr", "en", -2.0), ("en", "de", 0.5))
+        ]
+    )
+    write_results(tmp_path / "sweep", pl.DataFrame(schema=RUNS_COLUMNS), matrices, pl.DataFrame())
+    result = _cli(
+        [
+            "finetune",
+            "--manifest",
+            str(manifest_path),
+            "--model",
+            str(model_dir),
+            "--task",
+            "gender",
+            "--from-matrix",
+            str(tmp_path / "sweep"),
+            "--top",
+            "1",
+            "--n",
+            "2",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
+    assert result.exit_code == 0, result.output
+    runs = pl.read_parquet(tmp_path / "o" / "runs.parquet")
+    assert set(runs.select("condition", "target", "donor").iter_rows()) == {
+        ("single", "fr", "fr"),
+        ("self", "fr", "fr"),
+        ("pair", "fr", "en"),
+    }

@@ -106,6 +106,9 @@ def finetune_command(
     by: str = typer.Option(
         "abs", "--by", help="With --from-matrix: abs (largest |CLTM|) or unstable (unstable, largest SE)."
     ),
+    matrix_model: str | None = typer.Option(
+        None, "--matrix-model", help="With --from-matrix: which model's matrix, when it holds several."
+    ),
     matrix_probe: str | None = typer.Option(
         None, "--matrix-probe", help="With --from-matrix: which probe's matrix, when it holds several."
     ),
@@ -147,7 +150,7 @@ def finetune_command(
         chosen = parse_cells(cells) if cells else []
         if from_matrix is not None:
             for cell in cells_from_matrix(
-                from_matrix, task=task, top=top, layer=layer, by=by, probe=matrix_probe
+                from_matrix, task=task, top=top, layer=layer, by=by, model=matrix_model, probe=matrix_probe
             ):
                 if cell not in chosen:
                     chosen.append(cell)

@@ -102,7 +102,7 @@ def cells_from_matrix(
         if len(values) > 1:
             raise FinetuneError(
                 f"{matrix_dir}: several {column}s for task {task!r} ({', '.join(map(str, values))});"
-                f" pick one with --{column}"
+                f" pick one ({column}=..., on the command line --matrix-{column})"
             )
         if not values:
             raise FinetuneError(f"{matrix_dir}: no rows with {column} {wanted!r} for task {task!r}")
