@@ -244,6 +244,9 @@ def test_info_rejects_unknown_group_columns(common_voice, tmp_path):
     invoke("corpus", "import", "commonvoice", common_voice, "--out", out, "-q")
     result = invoke("corpus", "info", out, "--by", "language,colour")
     assert result.exit_code == 2 and "colour" in result.output
+    totals_only = invoke("corpus", "info", out, "--by", "")
+    assert totals_only.exit_code == 0, totals_only.output
+    assert str(read_manifest(out).height) in totals_only.output
 
 
 @pytest.mark.parametrize(

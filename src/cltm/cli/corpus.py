@@ -375,7 +375,9 @@ def info_command(
     )
     console = Console()
     console.print(table)
-    console.print(f"{totals.languages} language(s); '-' = not given in the manifest.")
+    has_unknown = any(summary[c].null_count() for c in group_by)
+    unknown_note = "; '-' = not given in the manifest" if has_unknown else ""
+    console.print(f"{totals.languages} language(s){unknown_note}.")
     if not totals.duration_known:
         console.print(
             "hours are unknown for rows without a duration until extraction fills them in "
