@@ -155,9 +155,10 @@ def speaker_disjoint_split(df: pl.DataFrame, *, test_fraction: float = 0.25, see
     assigned = speakers.select(
         "language",
         "speaker",
-        pl.when(pl.col("_i") < n_test).then(pl.lit("test")).otherwise(pl.lit("train")).alias(
-            "_speaker_split"
-        ),
+        pl.when(pl.col("_i") < n_test)
+        .then(pl.lit("test"))
+        .otherwise(pl.lit("train"))
+        .alias("_speaker_split"),
     )
     lookup = pl.concat([existing, assigned])
     # an explicit row index keeps the input order on every polars version (join order is not guaranteed)
