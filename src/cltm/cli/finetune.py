@@ -89,6 +89,13 @@ def finetune_command(
         help="none (full fine-tune), lora (attention + feed-forward projections), adapter (bottleneck "
         "hidden/16 on each feed-forward output) or gating (sigmoid gates on each layer's input).",
     ),
+    eval_batch_size: int = typer.Option(
+        1,
+        "--eval-batch-size",
+        min=1,
+        help="Utterances per scoring batch. 1 is exact; larger is faster on a GPU, but group-norm models "
+        "(HuBERT/wav2vec2 base) then see padding in their first conv.",
+    ),
     embed_last_k: int = typer.Option(
         4, "--embed-last-k", min=1, help="Speaker task: embeddings = mean of the last K hidden states."
     ),
@@ -166,6 +173,7 @@ def finetune_command(
             grad_clip=grad_clip,
             peft=peft,
             embed_last_k=embed_last_k,
+            eval_batch_size=eval_batch_size,
         )
         result = run_finetune(
             manifest,
