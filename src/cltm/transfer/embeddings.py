@@ -86,7 +86,9 @@ def _load_h5(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
             for key, ds in f["manifest"].items():
                 values = ds[...]
                 if values.dtype.kind in ("S", "O"):
+                    # `cltm store export` writes missing strings as "": read them back as nulls
                     values = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
+                    values = [v if v != "" else None for v in values]
                 cols[key] = values
             manifest = pl.DataFrame(cols)
     return arr, manifest
