@@ -102,7 +102,10 @@ def _full(model: PooledEncoderClassifier) -> None:
 
 
 def _lora(model: PooledEncoderClassifier, *, rank: int = 8, alpha: int = 16, dropout: float = 0.0) -> None:
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise ImportError("--peft lora needs the `peft` package: pip install 'cltm[finetune]'") from err
 
     _freeze_encoder(model)
     config = LoraConfig(

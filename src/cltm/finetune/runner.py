@@ -335,7 +335,12 @@ class FinetuneResult:
 
 
 def _process_state(device: str):
-    from accelerate import PartialState
+    try:
+        from accelerate import PartialState
+    except ImportError as err:
+        raise FinetuneError(
+            "cltm finetune needs `accelerate` (and `peft` for --peft lora): pip install 'cltm[finetune]'"
+        ) from err
 
     return PartialState(cpu=device == "cpu")
 
