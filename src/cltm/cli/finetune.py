@@ -192,7 +192,7 @@ def finetune_command(
         )
     except typer.BadParameter:
         raise
-    except (FinetuneError, ValueError, FileNotFoundError, OSError) as err:
+    except (FinetuneError, ValueError, FileNotFoundError, OSError, ImportError) as err:
         raise _fail(str(err)) from None
     except Exception as err:  # audio errors carry the file; anything else still gets a clean line
         from cltm.audio import AudioError
