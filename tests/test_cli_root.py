@@ -14,3 +14,11 @@ def test_help_describes_the_pipeline():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
     assert "Cross-Lingual Transfer Matrices" in result.output
+
+
+def test_help_lists_stages_in_pipeline_order():
+    output = CliRunner().invoke(app, ["--help"]).output
+    stages = ["corpus", "extract", "store", "probe", "matrix", "finetune", "report", "demo"]
+    positions = [output.find(f" {name} ") for name in stages]
+    assert all(p >= 0 for p in positions), dict(zip(stages, positions, strict=True))
+    assert positions == sorted(positions), dict(zip(stages, positions, strict=True))

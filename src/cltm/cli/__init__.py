@@ -11,8 +11,22 @@ import importlib
 import pkgutil
 
 import typer
+from typer.core import TyperGroup
+
+# command name -> the ORDER of the module that registered it (filled by _register_stages)
+_STAGE_ORDER: dict[str, int] = {}
+
+
+class _StageOrderedGroup(TyperGroup):
+    """Lists commands and groups in pipeline order (typer would put all groups after all commands)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: _STAGE_ORDER.get(name, 1000))
+
 
 app = typer.Typer(
+    cls=_StageOrderedGroup,
     name="cltm",
     help=(
         "Cross-Lingual Transfer Matrices, per layer, from self-supervised speech models.\n\n"
@@ -32,7 +46,16 @@ def _register_stages() -> None:
         if not info.name.startswith("_")
     ]
     for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
+        before = _registered_names()
         module.register(app)
+        for name in _registered_names() - before:
+            _STAGE_ORDER[name] = getattr(module, "ORDER", 100)
+
+
+def _registered_names() -> set[str]:
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    groups = {g.name or g.typer_instance.info.name for g in app.registered_groups}
+    return commands | groups
 
 
 @app.callback(invoke_without_command=True)
