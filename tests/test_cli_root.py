@@ -19,6 +19,7 @@ def test_help_describes_the_pipeline():
 def test_help_lists_stages_in_pipeline_order():
     output = CliRunner().invoke(app, ["--help"]).output
     stages = ["corpus", "extract", "store", "probe", "matrix", "finetune", "report", "demo"]
-    positions = [output.find(f" {name} ") for name in stages]
+    panel = output[output.find("Commands") :]
+    positions = [panel.find(f"│ {name} ") for name in stages]
     assert all(p >= 0 for p in positions), dict(zip(stages, positions, strict=True))
     assert positions == sorted(positions), dict(zip(stages, positions, strict=True))
