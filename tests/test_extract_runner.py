@@ -231,6 +231,14 @@ def test_mismatched_model_or_manifest_is_refused_unless_forced(tmp_path, corpus,
     assert summary.n_done_now == 10 and Cache.open(out).dim == 48
 
 
+def test_retrained_weights_saved_over_the_same_directory_are_refused(tmp_path, corpus):
+    model_dir = build_tiny_model(tmp_path / "model", seed=0)
+    extract(corpus, model_dir, tmp_path / "c.zarr", num_workers=0, progress=False)
+    build_tiny_model(model_dir, seed=1)  # same config, new weights, same path
+    with pytest.raises(CacheMismatchError, match="weights_hash"):
+        extract(corpus, model_dir, tmp_path / "c.zarr", num_workers=0, progress=False)
+
+
 def _bad_corpus(root):
     rng = np.random.default_rng(1)
     good = (0.3 * rng.standard_normal(12000)).astype(np.float32)

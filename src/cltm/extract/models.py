@@ -44,6 +44,30 @@ def config_hash(config_dict: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def weights_fingerprint(model_dir: str | Path) -> str | None:
+    """A cheap fingerprint of a local model directory's weight files (name, size, first and last MiB).
+
+    Hub models are identified by their resolved revision; a local directory has none, so without this a
+    re-trained checkpoint saved over the old one (same config) would silently resume the old cache.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), 2)
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def conv_output_length(n_samples: int, kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
     """Frames produced by a stack of unpadded 1-D convolutions (the wav2vec2-family feature encoder)."""
     n = n_samples
@@ -87,6 +111,7 @@ class LoadedModel:
     config_hash: str
     min_samples: int
     kind: str = "hf"  # "hf" | "fbank"
+    weights_hash: str | None = None  # local directories only (hub models: the revision says it)
     model: torch.nn.Module | None = None
     hidden_state_definition: str = (
         "index 0 = transformer input (CNN feature projection), index k = output of block k, "
@@ -217,6 +242,7 @@ def load_model(
         config_hash=config_hash(config.to_dict()),
         min_samples=conv_receptive_field(kernels, strides),
         model=model,
+        weights_hash=weights_fingerprint(name),
         extra={"feat_extract_norm": norm, "model_type": getattr(config, "model_type", "")},
     )
 

@@ -419,6 +419,7 @@ def extract(
         "model_id": loaded.model_id,
         "revision": loaded.revision,
         "config_hash": loaded.config_hash,
+        "weights_hash": loaded.weights_hash,
         "manifest_hash": mhash,
         "trim_silence": bool(trim_silence),
         "sampling_rate": loaded.sampling_rate,
