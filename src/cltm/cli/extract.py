@@ -125,9 +125,15 @@ def extract_command(
             chunk_rows=chunk_rows,
             progress=not quiet,
         )
-    except (CacheError, ManifestError, ValueError, OSError) as err:
+    except (CacheError, ManifestError, ValueError, OSError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/yellow]: finished rows were written to {out}; run the same command again "
+            "to resume."
+        )
+        raise typer.Exit(130) from None
     k, n = summary.shard
     where = f" (shard {k}/{n})" if n > 1 else ""
     console.print(
