@@ -107,10 +107,10 @@ def report_command(
                 progress=advance,
             )
         except (ReportInputError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
         except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(code=2) from exc
     typer.echo(str(index))
 

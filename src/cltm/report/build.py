@@ -103,7 +103,9 @@ class _Saver:
             relative = f"figures/{stem}.{fmt}"
             # metadata without dates keeps reruns byte-identical where the backend allows it
             metadata = {"Software": None} if fmt == "png" else ({"Date": None} if fmt == "svg" else None)
-            fig.savefig(self.out_dir / relative, dpi=dpi, bbox_inches="tight", metadata=metadata)
+            # no bbox_inches="tight": every figure lays itself out (fixed inches or constrained layout),
+            # and the tight pass would draw each figure twice
+            fig.savefig(self.out_dir / relative, dpi=dpi, metadata=metadata)
             paths[fmt] = relative
         fig.clear()
         return paths
@@ -249,11 +251,13 @@ def build_report(
         )
         if progress is not None:
             progress(f"{task} · {model} · {probe}", index, len(groups))
+    best_layers = {(r.task, r.model, r.probe): r.best for r in reports}
     comparisons = _render_finetune(
         probe_matrices.filter(pl.col("layer").is_in(all_matrices["layer"].unique().to_list())),
         finetune_matrices,
         clip=clip,
         saver=saver,
+        best_layers=best_layers,
     )
     page = _page(
         tables,
@@ -393,7 +397,12 @@ class FinetuneComparison:
 
 
 def _render_finetune(
-    probe_matrices: pl.DataFrame, finetune_matrices: pl.DataFrame, *, clip: float, saver: _Saver
+    probe_matrices: pl.DataFrame,
+    finetune_matrices: pl.DataFrame,
+    *,
+    clip: float,
+    saver: _Saver,
+    best_layers: Mapping[tuple[str, str, str], int | None],
 ) -> list[FinetuneComparison]:
     pairs = finetune_pairs(probe_matrices, finetune_matrices)
     if pairs.is_empty():
@@ -410,6 +419,7 @@ def _render_finetune(
                 correlations,
                 clip=clip,
                 title=f"{task} · {model}: {probe} CLTM per layer vs {finetune} CLTM",
+                highlight=best_layers.get((task, model, probe)),
             ),
             stem,
         )
@@ -574,7 +584,8 @@ def _comparison_html(comparison: FinetuneComparison, fmt: str) -> str:
             html.figure(
                 comparison.figure[fmt],
                 "probe vs fine-tune CLTM",
-                "Each point is one off-diagonal cell with both a probe and a fine-tune value; axes clipped.",
+                "Each point is one off-diagonal cell with both a probe and a fine-tune value (axes clipped); "
+                "the scatter shows the probe's best layer.",
             ),
             html.table(comparison.correlations.drop("task", "model"), caption="Spearman ρ per probe layer"),
             html.links([("cells CSV", comparison.pairs_csv)]),

@@ -297,72 +297,7 @@ def _draw_cells(ax, data: HeatmapData, *, marks: bool = True) -> None:
         ax.scatter(cols, rows, marker="o", s=6, c="black", linewidths=0, zorder=5)
 
 
-def draw_heatmap(data: HeatmapData) -> Figure:
-    """Draw one CLTM heatmap (see :func:`heatmap_data` for what each mark means) and return the figure."""
-    n_rows, n_cols = data.values.shape
-    matrix_w, matrix_h = n_cols * data.cell_inches, n_rows * data.cell_inches
-    label_pt = min(10.0, max(5.0, data.cell_inches * 72 * 0.62))
-    fig = Figure(figsize=(matrix_w + 4.2, matrix_h + 2.2))
-    # Absolute placement (inches → figure fractions) keeps the cell size fixed whatever the labels do.
-    fig_w, fig_h = fig.get_size_inches()
-    left, bottom = 1.0, 1.0
-    ax = fig.add_axes((left / fig_w, bottom / fig_h, matrix_w / fig_w, matrix_h / fig_h))
-    _draw_cells(ax, data)
-    ax.set_xticks(range(n_cols), data.cols, rotation=90, fontsize=label_pt)
-    ax.set_yticks(range(n_rows), data.rows, fontsize=label_pt)
-    ax.tick_params(length=0, pad=2)
-    ax.set_xlabel("donor language j", fontsize=9)
-    ax.set_ylabel("target language i", fontsize=9)
-    for label, family in zip(ax.get_yticklabels(), data.row_families, strict=False):
-        label.set_color(_label_color(data.family_colors.get(family)))
-    for label, family in zip(ax.get_xticklabels(), data.col_families, strict=False):
-        label.set_color(_label_color(data.family_colors.get(family)))
-    strip = 0.14
-    has_families = bool(data.family_blocks) or any(f != UNKNOWN_FAMILY for f in data.row_families)
-    if has_families:
-        top = fig.add_axes(
-            ((left) / fig_w, (bottom + matrix_h + 0.04) / fig_h, matrix_w / fig_w, strip / fig_h)
-        )
-        top.imshow(
-            [[data.family_colors[f] for f in data.col_families]], aspect="auto", interpolation="nearest"
-        )
-        top.set_axis_off()
-        right = fig.add_axes(
-            ((left + matrix_w + 0.04) / fig_w, bottom / fig_h, strip / fig_w, matrix_h / fig_h)
-        )
-        right.imshow(
-            [[data.family_colors[f]] for f in data.row_families], aspect="auto", interpolation="nearest"
-        )
-        right.set_axis_off()
-    if data.annotate:
-        norm = Normalize(vmin=-data.clip, vmax=data.clip, clip=True)
-        for i in range(n_rows):
-            for j in range(n_cols):
-                if data.missing[i, j]:
-                    continue
-                if data.diagonal[i, j]:
-                    text = "1"  # by definition
-                    strong = False
-                else:
-                    value = data.values[i, j]
-                    text = _format_value(value, data.decimals)
-                    strong = abs(norm(value) - 0.5) > 0.33 and not data.faded[i, j]
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=data.font_size,
-                    color="white" if strong else "black",
-                    zorder=6,
-                )
-    cbar_x = left + matrix_w + (0.4 if has_families else 0.2)
-    cax = fig.add_axes((cbar_x / fig_w, bottom / fig_h, 0.18 / fig_w, min(matrix_h, 4.0) / fig_h))
-    mappable = ScalarMappable(norm=Normalize(-data.clip, data.clip), cmap=COLORMAP)
-    colorbar = fig.colorbar(mappable, cax=cax, extend="both")
-    colorbar.set_label(f"CLTM (clipped at ±{data.clip:g})", fontsize=8)
-    colorbar.ax.tick_params(labelsize=7)
+def _legend_handles(data: HeatmapData, has_families: bool) -> list:
     handles = [Patch(facecolor=DIAGONAL_COLOR, edgecolor="#303030", label="diagonal (= 1)")]
     if data.unstable.any():
         handles.append(
@@ -371,7 +306,9 @@ def draw_heatmap(data: HeatmapData) -> Figure:
     if data.faded.any():
         low, high = data.fade_range
         handles.append(
-            Patch(facecolor="#dfe9f3", edgecolor="none", label=f"faded: {low:g} < P(>0) < {high:g}")
+            Patch(
+                facecolor="#dfe9f3", edgecolor="none", label=f"pale, grey italic: {low:g} < P(>0) < {high:g}"
+            )
         )
     if data.clipped.any():
         handles.append(
@@ -384,18 +321,105 @@ def draw_heatmap(data: HeatmapData) -> Figure:
             Patch(facecolor=color, edgecolor="none", label=family)
             for family, color in data.family_colors.items()
         )
-    legend_y = (bottom + min(matrix_h, 4.0) + 0.25) / fig_h
+    return handles
+
+
+def draw_heatmap(data: HeatmapData) -> Figure:
+    """Draw one CLTM heatmap (see :func:`heatmap_data` for what each mark means) and return the figure.
+
+    Every element is placed in inches computed up front (labels, strips, colour bar, legend), so the figure
+    needs no tight-bbox pass when saved: that pass would draw each heatmap twice.
+    """
+    n_rows, n_cols = data.values.shape
+    matrix_w, matrix_h = n_cols * data.cell_inches, n_rows * data.cell_inches
+    label_pt = min(10.0, max(5.0, data.cell_inches * 72 * 0.62))
+    char_in = 0.62 * label_pt / 72  # a generous average glyph width
+    has_families = bool(data.family_blocks) or any(f != UNKNOWN_FAMILY for f in data.row_families)
+    handles = _legend_handles(data, has_families)
+    legend_cols = 1 if len(handles) <= 24 else 2
+    longest = max(len(str(h.get_label())) for h in handles)
+    legend_w = legend_cols * (0.55 + longest * 0.058)
+    legend_h = 0.4 + 0.17 * math.ceil(len(handles) / legend_cols)
+    left = 0.45 + char_in * max(len(r) for r in data.rows)
+    bottom = 0.55 + char_in * max(len(c) for c in data.cols) + (0.3 if data.note else 0)
+    top = 0.6 + (0.2 if has_families else 0)
+    strip = 0.14
+    cbar_x = left + matrix_w + (0.45 if has_families else 0.25)
+    legend_x = cbar_x + 1.0
+    fig_w = legend_x + legend_w + 0.15
+    fig_h = bottom + max(matrix_h, legend_h) + top
+    fig = Figure(figsize=(fig_w, fig_h))
+    matrix_bottom = bottom + max(matrix_h, legend_h) - matrix_h  # top-aligned with the legend
+
+    def box(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:
+        return (x / fig_w, y / fig_h, w / fig_w, h / fig_h)
+
+    ax = fig.add_axes(box(left, matrix_bottom, matrix_w, matrix_h))
+    _draw_cells(ax, data)
+    ax.set_xticks(range(n_cols), data.cols, rotation=90, fontsize=label_pt)
+    ax.set_yticks(range(n_rows), data.rows, fontsize=label_pt)
+    ax.tick_params(length=0, pad=2)
+    ax.set_xlabel("donor language j", fontsize=9)
+    ax.set_ylabel("target language i", fontsize=9)
+    for label, family in zip(ax.get_yticklabels(), data.row_families, strict=True):
+        label.set_color(_label_color(data.family_colors.get(family)))
+    for label, family in zip(ax.get_xticklabels(), data.col_families, strict=True):
+        label.set_color(_label_color(data.family_colors.get(family)))
+    if has_families:
+        top_strip = fig.add_axes(box(left, matrix_bottom + matrix_h + 0.04, matrix_w, strip))
+        top_strip.imshow(
+            [[data.family_colors[f] for f in data.col_families]], aspect="auto", interpolation="nearest"
+        )
+        top_strip.set_axis_off()
+        right_strip = fig.add_axes(box(left + matrix_w + 0.04, matrix_bottom, strip, matrix_h))
+        right_strip.imshow(
+            [[data.family_colors[f]] for f in data.row_families], aspect="auto", interpolation="nearest"
+        )
+        right_strip.set_axis_off()
+    if data.annotate:
+        norm = Normalize(vmin=-data.clip, vmax=data.clip, clip=True)
+        for i in range(n_rows):
+            for j in range(n_cols):
+                if data.missing[i, j]:
+                    continue
+                faded = bool(data.faded[i, j])
+                if data.diagonal[i, j]:
+                    text = "1"  # by definition
+                    strong = False
+                else:
+                    value = data.values[i, j]
+                    text = _format_value(value, data.decimals)
+                    strong = abs(norm(value) - 0.5) > 0.33 and not faded
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=data.font_size,
+                    # a faded cell's value is grey italic too, so the mark survives greyscale printing
+                    color="white" if strong else ("#5a5a5a" if faded else "black"),
+                    style="italic" if faded else "normal",
+                    zorder=6,
+                )
+    cbar_h = min(matrix_h, 4.0)
+    cax = fig.add_axes(box(cbar_x, matrix_bottom + matrix_h - cbar_h, 0.18, cbar_h))
+    mappable = ScalarMappable(norm=Normalize(-data.clip, data.clip), cmap=COLORMAP)
+    colorbar = fig.colorbar(mappable, cax=cax, extend="both")
+    colorbar.set_label(f"CLTM (clipped at ±{data.clip:g})", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
     fig.legend(
         handles=handles,
-        loc="lower left",
-        bbox_to_anchor=((cbar_x) / fig_w, min(legend_y, 0.98)),
+        loc="upper left",
+        bbox_to_anchor=(legend_x / fig_w, (matrix_bottom + matrix_h + 0.05) / fig_h),
         fontsize=7,
         frameon=False,
         title="marks" + (" and families" if has_families else ""),
         title_fontsize=8,
-        ncols=1 if len(handles) <= 24 else 2,
+        ncols=legend_cols,
+        borderaxespad=0,
     )
-    fig.suptitle(data.title, x=left / fig_w, y=(bottom + matrix_h + 0.55) / fig_h, ha="left", fontsize=11)
+    fig.text(left / fig_w, (fig_h - 0.3) / fig_h, data.title, ha="left", va="center", fontsize=11)
     if data.note:
         fig.text(left / fig_w, 0.15 / fig_h, data.note, fontsize=8, style="italic", ha="left")
     return fig

@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from cltm.report.heatmap import HeatmapData, _draw_cells, family_colors, grid_shape
+from cltm.report.heatmap import COLORMAP, HeatmapData, _draw_cells, family_colors, grid_shape
 
 BEST_LAYER_CRITERION = (
     "best layer = highest mean Perf(i) over target languages in the single condition "
@@ -225,20 +227,34 @@ def draw_layer_curves(
 def draw_small_multiples(
     heatmaps: Sequence[HeatmapData], *, title: str = "", best: int | None = None
 ) -> Figure:
-    """One panel per layer, identical language order and colours; unstable cells hatched, clipped dotted."""
+    """One panel per layer, identical language order and colours; unstable cells hatched, clipped dotted.
+
+    Panels sit on a fixed grid (inches), not constrained layout: with a dozen panels the layout solver
+    costs more than the drawing.
+    """
     n_rows, n_cols = grid_shape(len(heatmaps))
     n_lang = max(max(len(d.rows), len(d.cols)) for d in heatmaps)
-    panel = 2.4 if n_lang <= 12 else 3.2
-    fig = Figure(figsize=(n_cols * panel + 0.8, n_rows * panel + 0.7), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False)).ravel()
     labels = n_lang <= 12
-    for ax, data in zip(axes, heatmaps, strict=False):
+    panel = 2.2 if n_lang <= 12 else 3.0
+    gap_x = 0.55 if labels else 0.15
+    gap_y = 0.85 if labels else 0.4
+    left, right, top, bottom = (0.5 if labels else 0.2), 1.2, 0.95, (0.5 if labels else 0.2)
+    fig_w = left + n_cols * panel + (n_cols - 1) * gap_x + right
+    fig_h = top + n_rows * panel + (n_rows - 1) * gap_y + bottom
+    fig = Figure(figsize=(fig_w, fig_h))
+    for index, data in enumerate(heatmaps):
+        row, col = divmod(index, n_cols)
+        x = left + col * (panel + gap_x)
+        y = fig_h - top - (row + 1) * panel - row * gap_y
+        ax = fig.add_axes((x / fig_w, y / fig_h, panel / fig_w, panel / fig_h))
         _draw_cells(ax, data, marks=False)
+        is_best = data.layer == best
         ax.set_title(
-            f"layer {data.layer}" + ("  ★ best" if data.layer == best else ""),
+            f"layer {data.layer}" + ("  ★ best" if is_best else ""),
             fontsize=9,
-            color="#d84315" if data.layer == best else "black",
-            fontweight="bold" if data.layer == best else "normal",
+            color="#d84315" if is_best else "black",
+            fontweight="bold" if is_best else "normal",
+            pad=3,
         )
         if labels:
             ax.set_xticks(range(len(data.cols)), data.cols, rotation=90, fontsize=6)
@@ -247,28 +263,26 @@ def draw_small_multiples(
         else:
             ax.set_xticks([])
             ax.set_yticks([])
-        if data.layer == best:
+        if is_best:
             for spine in ax.spines.values():
                 spine.set_edgecolor("#d84315")
                 spine.set_linewidth(2)
-    for ax in axes[len(heatmaps) :]:
-        ax.set_axis_off()
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    from cltm.report.heatmap import COLORMAP
-
     clip = heatmaps[0].clip
-    fig.colorbar(
-        ScalarMappable(norm=Normalize(-clip, clip), cmap=COLORMAP),
-        ax=list(axes[: len(heatmaps)]),
-        shrink=0.6,
-        extend="both",
-        label=f"CLTM (clipped at ±{clip:g})",
+    bar_h = min(3.0, fig_h - top - bottom)
+    cax = fig.add_axes(
+        ((fig_w - right + 0.3) / fig_w, (fig_h - top - bar_h) / fig_h, 0.16 / fig_w, bar_h / fig_h)
     )
-    fig.suptitle(
+    colorbar = fig.colorbar(
+        ScalarMappable(norm=Normalize(-clip, clip), cmap=COLORMAP), cax=cax, extend="both"
+    )
+    colorbar.set_label(f"CLTM (clipped at ±{clip:g})", fontsize=8)
+    colorbar.ax.tick_params(labelsize=7)
+    fig.text(
+        left / fig_w,
+        (fig_h - 0.35) / fig_h,
         f"{title}\nrows = targets, columns = donors; hatched = unstable, dot = beyond clip, "
         "pale = sign not decisive",
-        fontsize=10,
+        fontsize=9,
+        va="center",
     )
     return fig

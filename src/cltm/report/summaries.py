@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.stats import spearmanr
 
-from cltm.report.heatmap import HeatmapData, grid_shape
+from cltm.report.heatmap import HeatmapData
 from cltm.report.results import MATRIX_KEY, ResultTables
 
 FINETUNE_SOURCE = "finetune"
@@ -205,37 +205,53 @@ def spearman_by_layer(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def draw_finetune_scatter(
-    pairs: pl.DataFrame, correlations: pl.DataFrame, *, clip: float, title: str = ""
+    pairs: pl.DataFrame,
+    correlations: pl.DataFrame,
+    *,
+    clip: float,
+    title: str = "",
+    highlight: int | None = None,
 ) -> Figure:
-    """Small multiples, one scatter per probe layer: probe CLTM (x) vs fine-tune CLTM (y), ρ in the title.
+    """Left: Spearman ρ (probe vs fine-tune CLTM) per probe layer. Right: the cells at one layer.
 
-    Values are clipped at ±clip like the heatmaps (points on the edge are beyond it); unstable cells hollow.
+    The scatter shows ``highlight`` (default: the layer with the highest ρ); values are clipped at ±clip like
+    the heatmaps (points on the edge are beyond it) and unstable cells drawn hollow.
     """
-    layers = sorted(pairs["layer"].unique().to_list())
-    n_rows, n_cols = grid_shape(len(layers))
-    fig = Figure(figsize=(2.6 * n_cols + 0.5, 2.5 * n_rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)).ravel()
-    rho_of = dict(zip(correlations["layer"].to_list(), correlations["spearman"].to_list(), strict=False))
-    for ax, layer in zip(axes, layers, strict=False):
-        group = pairs.filter(pl.col("layer") == layer)
-        x = np.clip(group["probe_cltm"].to_numpy(), -clip, clip)
-        y = np.clip(group["finetune_cltm"].to_numpy(), -clip, clip)
-        unstable = (
-            group["probe_unstable"].fill_null(False) | group["finetune_unstable"].fill_null(False)
-        ).to_numpy()
-        ax.scatter(x[~unstable], y[~unstable], s=14, color="#1f4e79", alpha=0.8)
-        if unstable.any():
-            ax.scatter(
-                x[unstable], y[unstable], s=14, facecolors="none", edgecolors="#b71c1c", label="unstable"
-            )
-        ax.plot([-clip, clip], [-clip, clip], color="#999999", linewidth=0.8, linestyle=":")
-        ax.axhline(0, color="#cccccc", linewidth=0.6)
-        ax.axvline(0, color="#cccccc", linewidth=0.6)
-        rho = rho_of.get(layer, float("nan"))
-        ax.set_title(f"layer {layer}: ρ = {rho:.2f} (n={group.height})", fontsize=8)
-    for ax in axes[len(layers) :]:
-        ax.set_axis_off()
-    fig.supxlabel("probe CLTM", fontsize=9)
-    fig.supylabel("fine-tune CLTM", fontsize=9)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax_rho, ax_scatter = fig.subplots(1, 2)
+    layers = correlations["layer"].to_numpy()
+    rho = correlations["spearman"].to_numpy()
+    ax_rho.plot(layers, rho, marker="o", color="#1f4e79")
+    ax_rho.axhline(0, color="#999999", linewidth=0.8)
+    ax_rho.set_ylim(-1.05, 1.05)
+    ax_rho.set_xlabel("probe layer")
+    ax_rho.set_ylabel("Spearman ρ")
+    ax_rho.grid(alpha=0.3)
+    ax_rho.set_title("rank agreement of the cells, per probe layer", fontsize=9)
+    if highlight is None or highlight not in set(layers.tolist()):
+        finite = np.isfinite(rho)
+        highlight = int(layers[finite][np.argmax(rho[finite])]) if finite.any() else int(layers[-1])
+    ax_rho.axvline(highlight, color="#d84315", linestyle="--", linewidth=1)
+    group = pairs.filter(pl.col("layer") == highlight)
+    x = np.clip(group["probe_cltm"].to_numpy(), -clip, clip)
+    y = np.clip(group["finetune_cltm"].to_numpy(), -clip, clip)
+    unstable = (
+        group["probe_unstable"].fill_null(False) | group["finetune_unstable"].fill_null(False)
+    ).to_numpy()
+    ax_scatter.scatter(x[~unstable], y[~unstable], s=18, color="#1f4e79", alpha=0.8, label="stable")
+    if unstable.any():
+        ax_scatter.scatter(
+            x[unstable], y[unstable], s=18, facecolors="none", edgecolors="#b71c1c", label="unstable"
+        )
+    ax_scatter.plot([-clip, clip], [-clip, clip], color="#999999", linewidth=0.8, linestyle=":")
+    ax_scatter.axhline(0, color="#cccccc", linewidth=0.6)
+    ax_scatter.axvline(0, color="#cccccc", linewidth=0.6)
+    ax_scatter.set_xlim(-clip * 1.05, clip * 1.05)
+    ax_scatter.set_ylim(-clip * 1.05, clip * 1.05)
+    ax_scatter.set_xlabel(f"probe CLTM (layer {highlight})")
+    ax_scatter.set_ylabel("fine-tune CLTM")
+    ax_scatter.legend(fontsize=7, loc="upper left")
+    rho_at = dict(zip(layers.tolist(), rho.tolist(), strict=True)).get(highlight, float("nan"))
+    ax_scatter.set_title(f"layer {highlight}: ρ = {rho_at:.2f}, {group.height} cells", fontsize=9)
     fig.suptitle(title, fontsize=10)
     return fig
