@@ -25,9 +25,9 @@ def ref_points(y, s):
     s = np.asarray(s, dtype=float)
     tar, non = s[y], s[~y]
     pm, pf, th = [0.0], [1.0], [-np.inf]
-    for t in sorted(set(s.tolist())):
-        pm.append(sum(1 for v in tar if v <= t) / len(tar))
-        pf.append(sum(1 for v in non if v > t) / len(non))
+    for t in sorted(set(s.tolist())):  # every distinct score as a threshold, counted from scratch
+        pm.append(np.count_nonzero(tar <= t) / len(tar))
+        pf.append(np.count_nonzero(non > t) / len(non))
         th.append(t)
     return np.array(pm), np.array(pf), np.array(th)
 

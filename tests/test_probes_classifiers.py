@@ -22,7 +22,7 @@ def blobs(seed, n=240, dim=32, n_classes=2, sep=3.0):
 
 @pytest.mark.parametrize(
     "probe",
-    [LogisticProbe(), LDAProbe(), MLPProbe(max_epochs=60, seed=1), MLPProbe(hidden=(16,), max_epochs=60)],
+    [LogisticProbe(), LDAProbe(), MLPProbe(max_epochs=30, seed=1), MLPProbe(hidden=(16,), max_epochs=30)],
 )
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_probes_learn_separable_data(probe, n_classes):
