@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import polars as pl
 import pytest
@@ -14,6 +16,7 @@ from typer.testing import CliRunner
 from cltm.cli import app
 from cltm.extract import build_tiny_model, extract
 from cltm.store import Cache, CacheMismatchError
+from cltm.store.tools import verify_cache
 
 SR = 16000
 
@@ -171,6 +174,11 @@ def test_frame_level_features_and_worker_processes(tmp_path, corpus, models):
             np.testing.assert_allclose(got, frames[layer], rtol=2e-3, atol=2e-3)  # float16 storage
     with pytest.raises(Exception, match="no frame-level"):
         cache.read_frames(2, 0)
+    assert verify_cache(cache).ok
+    part = cache.frame_parts(3)[0]
+    shutil.rmtree(out / "frames" / "layer_3" / part)
+    report = verify_cache(Cache.open(out))
+    assert any("frame-level layer 3" in p for p in report.problems)
 
 
 def test_resume_skips_done_rows_and_matches_an_uninterrupted_run(tmp_path, corpus, models):

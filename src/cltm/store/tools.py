@@ -126,6 +126,15 @@ def verify_cache(cache: Cache) -> VerifyReport:
                         f"mean layer {layer}: all-zero vectors for done rows "
                         + _rows_text(done_rows[zero], ids)
                     )
+    for layer in attrs.get("frames_layers", []):
+        have = np.zeros(cache.n_rows, dtype=bool)
+        for name in cache.frame_parts(layer):
+            have[np.asarray(cache.array(f"frames/layer_{layer}/{name}/rows")[:])] = True
+        lacking = np.flatnonzero(done & ~have)
+        if lacking.size:
+            report.problems.append(
+                f"frame-level layer {layer}: no frames for done rows " + _rows_text(lacking, ids)
+            )
     failures = cache.failures
     unknown = set(failures["utt_id"].to_list()) - set(ids)
     if unknown:
