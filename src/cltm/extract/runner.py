@@ -345,10 +345,14 @@ class _Writer(threading.Thread):
 
 # ---------------------------------------------------------------------------------------------------- run
 def _resolve_device(device: str) -> torch.device:
+    """auto -> cuda when available. Under torchrun/accelerate (LOCAL_RANK set) each process takes its own
+    GPU, so ``--device cuda`` on 8 GPUs does not put 8 shards on GPU 0."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}")
     return torch.device(device)
 
 
