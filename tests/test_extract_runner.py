@@ -301,9 +301,18 @@ def test_bad_inputs_go_to_failures_and_the_run_goes_on(tmp_path, models):
 
 
 def test_fbank_baseline_through_the_runner(tmp_path, corpus):
-    extract(corpus, "fbank", tmp_path / "fb.zarr", num_workers=0, progress=False, cache_dtype="float32")
+    extract(
+        corpus,
+        "fbank",
+        tmp_path / "fb.zarr",
+        num_workers=0,
+        progress=False,
+        cache_dtype="float32",
+        pool=("mean",),
+    )
     cache = Cache.open(tmp_path / "fb.zarr")
     assert (cache.n_layers, cache.dim) == (1, 80) and cache.done.all()
+    assert cache.pooling == ["mean"] and not (tmp_path / "fb.zarr" / "pooled" / "std").exists()
     from cltm.extract.models import fbank_model
 
     m = fbank_model()

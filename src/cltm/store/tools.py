@@ -28,6 +28,7 @@ def cache_info(cache: Cache) -> dict[str, Any]:
         "model_id": attrs.get("model_id"),
         "revision": attrs.get("revision"),
         "config_hash": attrs.get("config_hash"),
+        "weights_hash": attrs.get("weights_hash"),
         "n_layers": cache.n_layers,
         "dim": cache.dim,
         "pooling": cache.pooling,
