@@ -360,10 +360,10 @@ _DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16
 
 
 def _read_input_manifest(manifest: str | Path | pl.DataFrame) -> pl.DataFrame:
-    from cltm.corpus import read_manifest, validate
+    from cltm.corpus import conform, read_manifest, validate
 
-    if isinstance(manifest, pl.DataFrame):
-        return validate(manifest)
+    if isinstance(manifest, pl.DataFrame):  # paths as given (relative ones resolve against the cwd)
+        return conform(validate(manifest))
     return read_manifest(manifest)
 
 
