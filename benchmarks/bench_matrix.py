@@ -111,19 +111,22 @@ def bench_gender(args) -> None:
 
 
 def bench_speaker(args) -> None:
-    layers = (
-        1  # the data of 13 layers x 30k utterances would not fit the shared machine; one layer, extrapolated
-    )
+    # the data of 13 layers x 30k utterances would not fit the shared machine: one layer, extrapolated
+    layers = 1
     man, X = synthetic_corpus(10, 100, 30, 768, layers, seed=1)
     seeds = list(range(args.slice_seeds))
-    ours_t, ours = _time(lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, progress=False))
+    probe = args.backend
+    ours_t, ours = _time(
+        lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, probe=probe, progress=False)
+    )
     naive_t, naive = _time(
-        lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, progress=False, naive=True)
+        lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, probe=probe, progress=False, naive=True)
     )
     scale = (13 * 10) / (layers * len(seeds))
     diff = np.abs(ours.runs["auc"].to_numpy() - naive.runs["auc"].to_numpy())
     print(
-        f"[speaker] 10 languages, N=1000, dim 768, PLDA(PCA 200); measured 1 layer x {len(seeds)} seed(s), "
+        f"[speaker] 10 languages, N=1000, dim 768, back-end {probe}; "
+        f"measured 1 layer x {len(seeds)} seed(s), "
         f"extrapolated to 13 x 10"
     )
     print(
@@ -155,6 +158,9 @@ def main() -> None:
     parser.add_argument("--slice-layers", type=int, default=1)
     parser.add_argument("--slice-seeds", type=int, default=2)
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument(
+        "--backend", default="plda", help="speaker back-end: plda (PCA 200), plda_full, cosine"
+    )
     args = parser.parse_args()
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     for part, fn in (("gender", bench_gender), ("speaker", bench_speaker), ("scale", bench_scale)):
