@@ -64,6 +64,9 @@ def report_command(
         help="A `cltm finetune --out` directory whose runs are compared with the probe matrices "
         "(repeat the option for several).",
     ),
+    jobs: int = typer.Option(
+        1, "--jobs", "-j", help="Processes drawing the heatmaps in parallel (-1 = every core)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Render the CLTM report: one heatmap per (task, model, probe, layer), layer views, donor/receiver
@@ -104,6 +107,7 @@ def report_command(
                 formats=format_list,
                 layers=layer_list,
                 finetune_dirs=finetune,
+                n_jobs=jobs,
                 progress=advance,
             )
         except (ReportInputError, FileNotFoundError) as exc:

@@ -10,6 +10,7 @@ from html import escape
 from pathlib import Path
 
 import polars as pl
+from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 
 import cltm
@@ -88,27 +89,60 @@ def normalise_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
     return cleaned
 
 
+def save_figure(fig: Figure, out_dir: Path, stem: str, formats: Sequence[str], dpi: int) -> dict[str, str]:
+    """Write ``fig`` as ``out_dir/figures/<stem>.<fmt>`` for every format; returns {format: relative path}."""
+    paths = {}
+    for fmt in formats:
+        relative = f"figures/{stem}.{fmt}"
+        # metadata without dates keeps reruns byte-identical where the backend allows it
+        metadata = {"Software": None} if fmt == "png" else ({"Date": None} if fmt == "svg" else None)
+        # no bbox_inches="tight": every figure lays itself out (fixed inches or constrained layout), and
+        # the tight pass would draw each figure twice
+        fig.savefig(out_dir / relative, dpi=dpi, metadata=metadata)
+        paths[fmt] = relative
+    fig.clear()
+    return paths
+
+
+def _render_heatmap(data: HeatmapData, out_dir: Path, stem: str, formats: Sequence[str], dpi: int) -> str:
+    save_figure(draw_heatmap(data), out_dir, stem, formats, dpi)
+    return data.title
+
+
 class _Saver:
-    """Saves figures in every requested format under ``out_dir/figures`` and remembers relative paths."""
+    """Saves figures in every requested format under ``out_dir/figures`` and remembers relative paths.
+
+    Heatmaps (most of the work) are queued and drawn at the end by :meth:`flush`, in parallel processes
+    when ``n_jobs`` > 1: each is independent and matplotlib is single-threaded.
+    """
 
     def __init__(self, out_dir: Path, formats: tuple[str, ...]) -> None:
         self.out_dir = out_dir
         self.page_format = next((f for f in formats if f in PAGE_FORMATS), "png")
         self.formats = tuple(dict.fromkeys((*formats, self.page_format)))
+        self.pending: list[tuple[HeatmapData, str, int]] = []
         (out_dir / "figures").mkdir(parents=True, exist_ok=True)
 
     def save(self, fig: Figure, stem: str, *, dpi: int = DPI) -> dict[str, str]:
-        paths = {}
-        for fmt in self.formats:
-            relative = f"figures/{stem}.{fmt}"
-            # metadata without dates keeps reruns byte-identical where the backend allows it
-            metadata = {"Software": None} if fmt == "png" else ({"Date": None} if fmt == "svg" else None)
-            # no bbox_inches="tight": every figure lays itself out (fixed inches or constrained layout),
-            # and the tight pass would draw each figure twice
-            fig.savefig(self.out_dir / relative, dpi=dpi, metadata=metadata)
-            paths[fmt] = relative
-        fig.clear()
-        return paths
+        return save_figure(fig, self.out_dir, stem, self.formats, dpi)
+
+    def queue_heatmap(self, data: HeatmapData, stem: str, *, dpi: int) -> dict[str, str]:
+        self.pending.append((data, stem, dpi))
+        return {fmt: f"figures/{stem}.{fmt}" for fmt in self.formats}
+
+    def flush(self, n_jobs: int, progress: Callable[[str], None] | None = None) -> None:
+        jobs = [
+            delayed(_render_heatmap)(data, self.out_dir, stem, self.formats, dpi)
+            for data, stem, dpi in self.pending
+        ]
+        self.pending = []
+        if n_jobs == 1:
+            results = (job[0](*job[1], **job[2]) for job in jobs)
+        else:
+            results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+        for title in results:
+            if progress is not None:
+                progress(title)
 
 
 def _config(runs: pl.DataFrame, matrices: pl.DataFrame, layers: list[int]) -> dict[str, str]:
@@ -188,6 +222,7 @@ def build_report(
     layers: Sequence[int] | None = None,
     fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
     finetune_dirs: Sequence[str | Path] = (),
+    n_jobs: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
     """Render the report of a results directory into ``out_dir``; returns ``out_dir/index.html``.
@@ -195,7 +230,8 @@ def build_report(
     ``families``: a language -> family mapping, a TSV/JSON file, or None for the shipped Common Voice map.
     ``formats``: figure formats written (png, svg, pdf; the page shows PNG or SVG). ``layers``: only these
     layers (default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose runs are compared with
-    the probe matrices. ``progress(step, done, total)`` is called after each (task, model, probe) group.
+    the probe matrices. ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all cores).
+    ``progress(step, done, total)`` is called after each (task, model, probe) group and each heatmap.
     """
     if clip <= 0:
         raise ValueError(f"clip must be positive, got {clip}")
@@ -234,7 +270,9 @@ def build_report(
         key=lambda item: (str(item[0][0]), str(item[0][1]), bool(item[1]["__ft"][0]), str(item[0][2])),
     )
     reports: list[GroupReport] = []
-    for index, ((task, model, probe), group) in enumerate(groups, start=1):
+    total = len(groups) + all_matrices.select("task", "model", "probe", "layer").unique().height
+    done = 0
+    for (task, model, probe), group in groups:
         reports.append(
             _render_group(
                 tables,
@@ -249,8 +287,9 @@ def build_report(
                 saver=saver,
             )
         )
+        done += 1
         if progress is not None:
-            progress(f"{task} · {model} · {probe}", index, len(groups))
+            progress(f"{task} · {model} · {probe}", done, total)
     best_layers = {(r.task, r.model, r.probe): r.best for r in reports}
     comparisons = _render_finetune(
         probe_matrices.filter(pl.col("layer").is_in(all_matrices["layer"].unique().to_list())),
@@ -259,6 +298,14 @@ def build_report(
         saver=saver,
         best_layers=best_layers,
     )
+
+    def heatmap_done(title: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(f"heatmap {title}", done, total)
+
+    saver.flush(n_jobs, heatmap_done)
     page = _page(
         tables,
         reports,
@@ -340,7 +387,7 @@ def _render_group(
     stem = report.anchor
     for layer, data in heatmaps.items():
         dpi = LARGE_DPI if max(data.values.shape) > 25 else DPI
-        report.figures[f"heatmap_L{layer}"] = saver.save(draw_heatmap(data), f"{stem}_L{layer}", dpi=dpi)
+        report.figures[f"heatmap_L{layer}"] = saver.queue_heatmap(data, f"{stem}_L{layer}", dpi=dpi)
         base = saver.out_dir / "tables" / f"{stem}_L{layer}"
         write_matrix_csv(data, base.with_suffix(".csv"))
         write_matrix_latex(data, base.with_suffix(".tex"))
