@@ -179,6 +179,35 @@ def test_cache_rows_not_done_are_left_out(tmp_path):
     assert res.runs.height == len(plans) * 2
     parallel = run_matrix(tmp_path / "c.zarr", None, "gender", n=5, seeds=1, progress=False, n_jobs=2)
     assert parallel.runs.equals(res.runs)
+    # the h5 that `cltm store export` writes works as --embeddings (manifest inside the file)
+    from cltm.store.tools import export_cache
+
+    export_cache(Cache.open(tmp_path / "c.zarr"), tmp_path / "c.h5", "h5")
+    r = CliRunner().invoke(
+        app,
+        [
+            "matrix",
+            "--embeddings",
+            str(tmp_path / "c.h5"),
+            "--task",
+            "gender",
+            "--n",
+            "5",
+            "--seeds",
+            "1",
+            "--layers",
+            "0",
+            "--out",
+            str(tmp_path / "h5res"),
+            "--quiet",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    from_h5 = pl.read_parquet(tmp_path / "h5res" / "runs.parquet")
+    # rows not done are dropped on load; subsets are drawn by utt_id, so the same cells come out
+    layer0 = res.runs.filter(pl.col("layer") == 0)
+    cols = ["condition", "target", "donor", "seed", "n_train", "f1", "accuracy"]
+    assert from_h5.select(cols).equals(layer0.select(cols))
 
 
 def test_cli_embeddings_and_from_runs(tmp_path):

@@ -21,7 +21,8 @@ import polars as pl
 
 EMBEDDING_DATASETS = ("pooled/mean", "mean", "embeddings", "features")
 
-Loader = Callable[[Path], tuple[np.ndarray, pl.DataFrame | None]]
+# a loader returns (array, manifest or None, done mask or None)
+Loader = Callable[[Path], tuple[np.ndarray, pl.DataFrame | None, np.ndarray | None]]
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -45,21 +46,22 @@ def _as_layers(arr: np.ndarray, source: Path) -> np.ndarray:
 
 
 @_register(".npy")
-def _load_npy(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
-    return np.load(path, mmap_mode="r"), None
+def _load_npy(path: Path) -> tuple[np.ndarray, pl.DataFrame | None, np.ndarray | None]:
+    return np.load(path, mmap_mode="r"), None, None
 
 
 @_register(".npz")
-def _load_npz(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
+def _load_npz(path: Path) -> tuple[np.ndarray, pl.DataFrame | None, np.ndarray | None]:
     with np.load(path) as data:
         names = [k for k in EMBEDDING_DATASETS if k in data.files] or list(data.files)
         if len(names) != 1 and not any(k in data.files for k in EMBEDDING_DATASETS):
             raise ValueError(f"{path}: several arrays {data.files}; name the embeddings one `embeddings`")
-        return np.asarray(data[names[0]]), None
+        done = np.asarray(data["done"], dtype=bool) if "done" in data.files else None
+        return np.asarray(data[names[0]]), None, done
 
 
 @_register(".h5", ".hdf5", ".hdf")
-def _load_h5(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
+def _load_h5(path: Path) -> tuple[np.ndarray, pl.DataFrame | None, np.ndarray | None]:
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -80,6 +82,7 @@ def _load_h5(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
                 )
             name = found[0]
         arr = np.asarray(f[name][...], dtype=np.float32)
+        done = np.asarray(f["done"][...], dtype=bool) if "done" in f else None
         manifest = None
         if "manifest" in f and isinstance(f["manifest"], h5py.Group):
             cols = {}
@@ -91,7 +94,7 @@ def _load_h5(path: Path) -> tuple[np.ndarray, pl.DataFrame | None]:
                     values = [v if v != "" else None for v in values]
                 cols[key] = values
             manifest = pl.DataFrame(cols)
-    return arr, manifest
+    return arr, manifest, done
 
 
 def load_embeddings(
@@ -108,7 +111,7 @@ def load_embeddings(
     loader = _LOADERS.get(p.suffix.lower())
     if loader is None:
         raise ValueError(f"{p}: unknown embeddings format {p.suffix!r}; use one of {sorted(_LOADERS)}")
-    arr, inner = loader(p)
+    arr, inner, done = loader(p)
     arr = _as_layers(np.asarray(arr), p)
     if manifest is None:
         manifest = inner
@@ -121,4 +124,7 @@ def load_embeddings(
             f"{p}: {arr.shape[1]} embedding rows but the manifest has {manifest.height} rows; "
             "they must be aligned row by row"
         )
+    if done is not None and len(done) == arr.shape[1] and not done.all():
+        # an export of an unfinished cache: rows never extracted hold zeros, so they are dropped here
+        arr, manifest = arr[:, done], manifest.filter(pl.Series(done))
     return arr, manifest
