@@ -205,6 +205,16 @@ def test_resume_skips_done_rows_and_matches_an_uninterrupted_run(tmp_path, corpu
         np.testing.assert_allclose(a.read_layer(layer), b.read_layer(layer), rtol=1e-3, atol=1e-3)
     third = extract(corpus, models["layer"], part, num_workers=0, progress=False)
     assert third.n_done_now == 0 and third.n_skipped == 10
+    # a lost chunk file: verify names it, --repair marks its rows not done, the same command recomputes them
+    (part / "pooled" / "std" / "c" / "2" / "1" / "0").unlink()
+    repaired = CliRunner().invoke(app, ["store", "verify", str(part), "--repair"])
+    assert repaired.exit_code == 1 and "pooled/std/c/2/1/0" in repaired.output
+    fourth = extract(corpus, models["layer"], part, num_workers=0, progress=False)
+    assert fourth.n_done_now == 4  # rows 4-7
+    assert verify_cache(Cache.open(part)).ok
+    np.testing.assert_allclose(
+        a.read_layer(2, stat="std"), Cache.open(part).read_layer(2, stat="std"), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_mismatched_model_or_manifest_is_refused_unless_forced(tmp_path, corpus, models):

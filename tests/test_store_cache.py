@@ -145,6 +145,11 @@ def test_verify_catches_a_deleted_chunk_and_bad_values(tmp_path):
     assert any("pooled/mean/c/1/2/0 missing" in p and "10 (u10)" in p for p in report.problems)
     result = CliRunner().invoke(app, ["store", "verify", str(tmp_path / "c.zarr")])
     assert result.exit_code == 1 and "pooled/mean/c/1/2/0" in result.output
+    assert report.bad_rows == set(range(10, 15))
+    repaired = CliRunner().invoke(app, ["store", "verify", str(tmp_path / "c.zarr"), "--repair"])
+    assert repaired.exit_code == 1 and "5 row(s) marked not done" in repaired.output
+    np.testing.assert_array_equal(np.flatnonzero(~Cache.open(tmp_path / "c.zarr").done), np.arange(10, 15))
+    assert verify_cache(Cache.open(tmp_path / "c.zarr")).ok  # what is left marked done is sound
 
     other, _, _ = _filled_cache(tmp_path / "d.zarr", rng)
     other.write_rows(

@@ -78,11 +78,14 @@ def info_command(
 @store_app.command("verify")
 def verify_command(
     cache_path: Path = typer.Argument(..., metavar="CACHE", help="Cache directory to check."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Mark rows with missing/bad data not done, so `cltm extract` redoes them."
+    ),
 ) -> None:
     """Check every done row: chunk present, finite, consistent with the manifest. Exit 1 on problems."""
     from rich.console import Console
 
-    from cltm.store.tools import verify_cache
+    from cltm.store.tools import repair_cache, verify_cache
 
     console = Console()
     report = verify_cache(_open(cache_path))
@@ -93,10 +96,22 @@ def verify_command(
         return
     for problem in report.problems:
         console.print(f"[red]problem:[/red] {problem}")
-    console.print(
-        f"[red]{len(report.problems)} problem(s)[/red]. Rows with missing/bad data can be re-extracted: mark "
-        "them not done (Cache.open(path, mode='r+').reset_rows(rows)) and re-run the same `cltm extract`."
-    )
+    if repair and report.bad_rows:
+        n = repair_cache(cache_path, report)
+        console.print(
+            f"[yellow]{len(report.problems)} problem(s)[/yellow]; {n} row(s) marked not done. Re-run the "
+            "same `cltm extract` command to recompute them."
+        )
+    else:
+        console.print(
+            f"[red]{len(report.problems)} problem(s)[/red]. "
+            + (
+                f"{len(report.bad_rows)} row(s) can be recomputed: `cltm store verify --repair`, then re-run "
+                "the same `cltm extract`."
+                if report.bad_rows
+                else "The cache itself is inconsistent; rebuild it with `cltm extract --force`."
+            )
+        )
     raise typer.Exit(1)
 
 

@@ -55,6 +55,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checked_rows: int = 0
+    bad_rows: set[int] = field(default_factory=set)  # done rows whose data is missing or wrong
 
     @property
     def ok(self) -> bool:
@@ -100,9 +101,11 @@ def verify_cache(cache: Cache) -> VerifyReport:
             continue
         if not _chunk_file(cache, "n_frames", chunk).exists():
             report.problems.append(f"chunk n_frames/c/{chunk} missing (rows {rows[0]}-{rows[-1]})")
+            report.bad_rows.update(done_rows.tolist())
         elif (n_frames[done_rows] <= 0).any():
             bad = done_rows[n_frames[done_rows] <= 0]
             report.problems.append(f"done rows with no frames: {_rows_text(bad, ids)}")
+            report.bad_rows.update(bad.tolist())
         for stat in cache.pooling:
             for layer in range(cache.n_layers):
                 name = f"pooled/{stat}/c/{layer}/{chunk}/0"
@@ -110,6 +113,7 @@ def verify_cache(cache: Cache) -> VerifyReport:
                     report.problems.append(
                         f"chunk {name} missing: layer {layer} of done rows {_rows_text(done_rows, ids)}"
                     )
+                    report.bad_rows.update(done_rows.tolist())
                     continue
                 block = np.asarray(cache.array(f"pooled/{stat}")[layer, done_rows[0] : done_rows[-1] + 1])
                 block = block[done_rows - done_rows[0]]
@@ -119,14 +123,20 @@ def verify_cache(cache: Cache) -> VerifyReport:
                         f"{stat} layer {layer}: non-finite values in rows "
                         + _rows_text(done_rows[~finite], ids)
                     )
-                if stat == "std" and (block < 0).any():
-                    report.problems.append(f"std layer {layer}: negative values in chunk {chunk}")
+                    report.bad_rows.update(done_rows[~finite].tolist())
+                negative = (block < 0).any(axis=1)
+                if stat == "std" and negative.any():
+                    report.problems.append(
+                        f"std layer {layer}: negative values in rows " + _rows_text(done_rows[negative], ids)
+                    )
+                    report.bad_rows.update(done_rows[negative].tolist())
                 zero = ~block.any(axis=1)
                 if stat == "mean" and zero.any():
                     report.problems.append(
                         f"mean layer {layer}: all-zero vectors for done rows "
                         + _rows_text(done_rows[zero], ids)
                     )
+                    report.bad_rows.update(done_rows[zero].tolist())
     for layer in attrs.get("frames_layers", []):
         have = np.zeros(cache.n_rows, dtype=bool)
         for name in cache.frame_parts(layer):
@@ -136,6 +146,7 @@ def verify_cache(cache: Cache) -> VerifyReport:
             report.problems.append(
                 f"frame-level layer {layer}: no frames for done rows " + _rows_text(lacking, ids)
             )
+            report.bad_rows.update(lacking.tolist())
     failures = cache.failures
     unknown = set(failures["utt_id"].to_list()) - set(ids)
     if unknown:
@@ -147,6 +158,14 @@ def verify_cache(cache: Cache) -> VerifyReport:
             + ", ".join(stray[:5])
         )
     return report
+
+
+def repair_cache(path: str | Path, report: VerifyReport) -> int:
+    """Mark the report's bad rows not done, so that re-running the same `cltm extract` recomputes them."""
+    if not report.bad_rows:
+        return 0
+    Cache.open(path, mode="r+").reset_rows(np.array(sorted(report.bad_rows)))
+    return len(report.bad_rows)
 
 
 # ---------------------------------------------------------------------------------------------------- export
