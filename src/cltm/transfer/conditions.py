@@ -227,8 +227,12 @@ def plan_languages(
                     if lang_trials.height == 0:
                         raise SamplingError("the trial list has no trial enrolled on this language")
                 else:
+                    # same-gender non-targets (the published rule) need a gender column; else any speaker
                     lang_trials = make_trials(
-                        test_pool, seed=trial_seed, max_targets_per_speaker=max_targets_per_speaker
+                        test_pool,
+                        seed=trial_seed,
+                        max_targets_per_speaker=max_targets_per_speaker,
+                        same_gender="gender" in test_pool.columns,
                     )
                     row_of_lang = dict(
                         zip(test_pool["utt_id"].to_list(), test_pool[ROW].to_list(), strict=True)
