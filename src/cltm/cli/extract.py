@@ -36,7 +36,11 @@ def extract_command(
     batch_seconds: float = typer.Option(
         120.0, "--batch-seconds", help="Audio seconds per batch (utterances are sorted by length first)."
     ),
-    num_workers: int = typer.Option(2, "--num-workers", help="DataLoader worker processes for decoding."),
+    num_workers: int | None = typer.Option(
+        None,
+        "--num-workers",
+        help="DataLoader worker processes for decoding (default: 2 on CPU, up to 8 on a GPU).",
+    ),
     pool: str = typer.Option("mean,std", "--pool", help="Pooled statistics to store: mean, std or mean,std."),
     frames_layers: str | None = typer.Option(
         None, "--frames-layers", help="Also store frame-level features of these layers, e.g. 6,9."

@@ -272,6 +272,7 @@ class _Writer(threading.Thread):
     def __init__(self, cache: Cache, tag: str, flush_seconds: float, pooling: Sequence[str]):
         super().__init__(name="cltm-cache-writer", daemon=True)
         self.cache, self.tag, self.flush_seconds, self.pooling = cache, tag, flush_seconds, list(pooling)
+        self.dtype = np.dtype(str(cache.array(f"pooled/{self.pooling[0]}").dtype))
         self.queue: queue.Queue = queue.Queue(maxsize=16)
         self.error: BaseException | None = None
         self.failures: list[dict[str, str]] = []
@@ -305,7 +306,8 @@ class _Writer(threading.Thread):
                     self.rows.append(row)
                     self.seconds.append(seconds)
                     for s in self.pooling:
-                        self.pooled[s].append(stats[s])
+                        # buffer in the cache's dtype: a window of large-model rows is 2x smaller
+                        self.pooled[s].append(stats[s].astype(self.dtype))
                     self.n_frames.append(n_frames)
                     for layer, f in frames.items():
                         self.frames.setdefault(layer, []).append(f)
@@ -377,7 +379,7 @@ def extract(
     device: str = "auto",
     dtype: str = "float32",
     batch_seconds: float = 120.0,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     pool: Sequence[str] = ("mean", "std"),
     frames_layers: Sequence[int] = (),
     trim_silence: bool = False,
@@ -464,6 +466,8 @@ def extract(
     tag = f"shard-{k}-of-{n}"
     writer = _Writer(cache, tag, flush_seconds, cache.pooling)
     dev = _resolve_device(device)
+    if num_workers is None:  # a GPU eats batches faster than 2 decoders deliver them (mp3 + resampling)
+        num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if dev.type == "cuda" else 2
     loaded.to(dev)
     autocast_dtype = _DTYPES[dtype]
     dataset = _DecodeDataset(
