@@ -13,7 +13,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { border-bottom: 2px solid #1f4e79; padding-bottom: .2em; }
 h2 { margin-top: 2.2em; border-bottom: 1px solid #bbb; }
 h3 { margin-top: 1.8em; color: #1f4e79; }
-nav ul { columns: 2; }
+nav li { margin: .15em 0; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; }
 th { background: #f0f4f8; }

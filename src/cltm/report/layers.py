@@ -219,8 +219,7 @@ def draw_layer_curves(
             color="#d84315",
             fontsize=8,
         )
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.01, 0.0, criterion, fontsize=7, style="italic", color="#d84315", va="bottom")
+    fig.suptitle(f"{title}\n{criterion}", fontsize=9)
     return fig
 
 
