@@ -269,7 +269,10 @@ def probe_layers(
                 if speaker_task:
                     model = BACKENDS[backend]().fit(X[unit.train_rows], speakers[unit.train_rows])
                     enroll, test, y = unit.trials
-                    metrics = verification_metrics(y, model.score_trials(X, enroll, test))
+                    # transform only the rows the trials use, not the whole layer
+                    rows, inverse = np.unique(np.concatenate([enroll, test]), return_inverse=True)
+                    scores = model.score_trials(X[rows], inverse[: len(enroll)], inverse[len(enroll) :])
+                    metrics = verification_metrics(y, scores)
                 else:
                     model = PROBES[probe](seed).fit(X[unit.train_rows], labels[unit.train_rows])
                     metrics = classification_metrics(labels[unit.test_rows], model.predict(X[unit.test_rows]))
