@@ -389,11 +389,6 @@ def build_tiny_model(
     return out
 
 
-def min_frames_ok(model: LoadedModel, n_samples: int) -> bool:
-    """True when an input of ``n_samples`` yields at least one valid frame."""
-    return int(model.frame_lengths(int(n_samples))) >= 1
-
-
 def windows(n_samples: int, window: int, min_samples: int) -> list[tuple[int, int]]:
     """Split [0, n) into windows of ``window`` samples; a too-short tail is merged into the previous one.
 

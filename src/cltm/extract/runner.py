@@ -18,7 +18,6 @@ How a run goes:
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -36,7 +35,7 @@ import torch
 from cltm.extract.models import LoadedModel, load_model, windows
 from cltm.store.cache import Cache, open_or_create
 
-STAGES = ("header", "decode", "forward", "write")
+# failure stages: "decode" (cltm.audio could not give samples), "forward" (the model failed or gave NaN/inf)
 
 
 @dataclass
@@ -655,10 +654,3 @@ class _progress:
 def iter_owned_rows(cache: Cache, shard: tuple[int, int]) -> Iterator[int]:
     for c in owned_chunks(cache.n_chunks, shard):
         yield from cache.chunk_rows_range(int(c))
-
-
-def rows_per_hour(cache: Cache) -> float:
-    """Rows per hour of audio, from the manifest durations (NaN when unknown)."""
-    if "duration" not in cache.manifest.columns:
-        return math.nan
-    return cache.n_rows / (cache.manifest["duration"].sum() / 3600)

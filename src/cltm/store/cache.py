@@ -330,9 +330,6 @@ class Cache:
         failures.select(FAILURE_COLUMNS).cast(_failures_schema()).write_parquet(tmp)
         os.replace(tmp, target)
 
-    def update_attrs(self, **attrs: Any) -> None:
-        self._group.attrs.update(_jsonable(attrs))
-
     # ------------------------------------------------------------------------------------------ frame level
     def _write_frames_part(self, layer: int, rows: np.ndarray, items: list[np.ndarray], writer: str) -> None:
         """Append one immutable part: rows, offsets and concatenated frames of one layer.
