@@ -25,7 +25,7 @@ from cltm.report.layers import (
     perf_column,
     single_performance,
 )
-from cltm.report.results import ResultTables, add_runs, read_results, resolve_families
+from cltm.report.results import ReportInputError, ResultTables, add_runs, read_results, resolve_families
 from cltm.report.summaries import (
     donor_receiver_scores,
     draw_donor_receiver,
@@ -241,6 +241,11 @@ def build_report(
     tables = read_results(results_dir)
     if finetune_dirs:
         tables = add_runs(tables, list(finetune_dirs))
+    if tables.matrices.is_empty():
+        raise ReportInputError(
+            f"{tables.results_dir / 'matrices.parquet'} has no rows: the sweep produced no matrix "
+            "(see its skipped.parquet for the languages left out and why)."
+        )
     family_map = resolve_families(families)
     saver = _Saver(out_dir, normalise_formats(formats))
     probe_matrices, finetune_matrices = split_finetune(tables)

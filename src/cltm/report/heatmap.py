@@ -35,6 +35,7 @@ MIN_ANNOTATION_PT = 4.5
 MAX_ANNOTATION_PT = 9.0
 MAX_MATRIX_INCHES = 18.0
 FAMILY_PALETTE = "tab20"
+_UNSTABLE_TEXT_BOX = {"facecolor": "white", "alpha": 0.55, "edgecolor": "none", "pad": 0.4}
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,8 @@ def draw_heatmap(data: HeatmapData) -> Figure:
                     # a faded cell's value is grey italic too, so the mark survives greyscale printing
                     color="white" if strong else ("#5a5a5a" if faded else "black"),
                     style="italic" if faded else "normal",
+                    # keep the number legible over the hatching of an unstable cell
+                    bbox=_UNSTABLE_TEXT_BOX if data.unstable[i, j] else None,
                     zorder=6,
                 )
     cbar_h = min(matrix_h, 4.0)

@@ -210,12 +210,14 @@ def draw_layer_curves(
         step = max(1, int(np.ceil(layers.size / 14)))
         ax_asym.set_xticks(layers[::step])
     if best is not None:
+        at_right_edge = layers.size > 0 and best >= layers.max()
         ax_perf.annotate(
             f"best layer {best}",
             xy=(best, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -12),
+            xytext=(-3 if at_right_edge else 3, -12),
             textcoords="offset points",
+            ha="right" if at_right_edge else "left",
             color="#d84315",
             fontsize=8,
         )
