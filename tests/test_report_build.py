@@ -129,6 +129,26 @@ def test_csv_and_latex_exports_hold_the_matrix(six):
     assert tex.count(r"\\") - 1 == len(body) + 0  # one header row + one row per target ("\\" per row)
 
 
+def test_marks_written_beside_each_heatmap_match_the_matrix(six):
+    results, index = six
+    matrices = pl.read_parquet(results / "matrices.parquet").filter(
+        (pl.col("task") == "gender") & (pl.col("layer") == 0) & (pl.col("probe") == "logistic")
+    )
+    marks = pl.read_csv(index.parent / "tables" / "gender-tiny-hubert-logistic_L0_marks.csv")
+    assert marks.height == matrices.height
+    shown = {(r["target"], r["donor"]): r for r in marks.iter_rows(named=True)}
+    for target, donor, value, p_pos, unstable in matrices.select(
+        "target", "donor", "cltm", "p_positive", "unstable"
+    ).iter_rows():
+        row = shown[(target, donor)]
+        diagonal = target == donor
+        assert row["diagonal"] == diagonal
+        assert row["clipped"] == (0 if diagonal else (1 if value > 1.5 else (-1 if value < -1.5 else 0)))
+        assert row["unstable"] == (unstable and not diagonal)
+        assert row["faded"] == (not diagonal and 0.1 < p_pos < 0.9)
+    assert marks["clipped"].abs().sum() > 0 and marks["unstable"].sum() > 0 and marks["faded"].sum() > 0
+
+
 def test_finetune_section_spearman_matches_a_rank_reference(six):
     results, index = six
     table = pl.read_csv(index.parent / "tables" / "finetune_spearman.csv")
@@ -210,7 +230,7 @@ def test_svg_is_shown_when_asked_first(tmp_path):
 
 
 def test_layers_selection_and_pdf_only(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 4, layers=[0, 1, 2, 3], seeds=1)
+    results = write_synthetic_results(tmp_path / "r", 3, layers=[0, 1, 2, 3], seeds=1)
     index = build_report(results, tmp_path / "out", formats="pdf", layers=[1, 3], families=SYNTHETIC_FAMILIES)
     refs = _assert_all_resolve(index)
     figures = sorted(p.name for p in (tmp_path / "out" / "figures").iterdir())

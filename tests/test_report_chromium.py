@@ -54,7 +54,7 @@ def test_harness_sees_console_errors(tmp_path):
 
 
 def test_report_opens_without_console_messages(tmp_path):
-    results = write_synthetic_results(tmp_path / "results", 4, layers=[0, 1], seeds=1, finetune_targets=2)
+    results = write_synthetic_results(tmp_path / "results", 3, layers=[0, 1], seeds=1, finetune_targets=2)
     index = build_report(results, tmp_path / "report", families=SYNTHETIC_FAMILIES)
     dom, console = _open_in_chromium(index, tmp_path / "profile")
     assert console == [], console

@@ -163,7 +163,7 @@ def test_latex_escapes_and_marks():
 
 
 def test_parallel_heatmaps_give_the_same_files(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 3, layers=[0, 1], seeds=1)
+    results = write_synthetic_results(tmp_path / "r", 2, layers=[0, 1], seeds=1)
     serial = build_report(results, tmp_path / "serial", families=SYNTHETIC_FAMILIES, n_jobs=1).parent
     parallel = build_report(results, tmp_path / "parallel", families=SYNTHETIC_FAMILIES, n_jobs=2).parent
     names = sorted(p.relative_to(serial).as_posix() for p in serial.rglob("*") if p.is_file())

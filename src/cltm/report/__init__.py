@@ -6,7 +6,7 @@ size) and :func:`draw_heatmap` draws it.
 """
 
 from cltm.report.build import build_report, normalise_formats
-from cltm.report.export import matrix_latex, matrix_wide, write_matrix_csv, write_matrix_latex
+from cltm.report.export import heatmap_marks, matrix_latex, matrix_wide, write_matrix_csv, write_matrix_latex
 from cltm.report.heatmap import HeatmapData, annotation_layout, draw_heatmap, heatmap_data
 from cltm.report.results import ReportInputError, read_results, resolve_families
 
@@ -17,6 +17,7 @@ __all__ = [
     "build_report",
     "draw_heatmap",
     "heatmap_data",
+    "heatmap_marks",
     "matrix_latex",
     "matrix_wide",
     "normalise_formats",

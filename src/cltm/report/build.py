@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 import cltm
 from cltm.report import html
-from cltm.report.export import matrix_wide, write_matrix_csv, write_matrix_latex
+from cltm.report.export import heatmap_marks, matrix_wide, write_matrix_csv, write_matrix_latex
 from cltm.report.heatmap import DEFAULT_FADE_RANGE, HeatmapData, draw_heatmap, heatmap_data
 from cltm.report.layers import (
     best_layer,
@@ -397,10 +397,12 @@ def _render_group(
         write_matrix_csv(data, base.with_suffix(".csv"))
         write_matrix_latex(data, base.with_suffix(".tex"))
         matrix_wide(data, values="cltm_se").write_csv(f"{base}_se.csv", float_precision=6)
+        heatmap_marks(data).write_csv(f"{base}_marks.csv", float_precision=6)
         report.exports[layer] = {
             "CSV": f"tables/{stem}_L{layer}.csv",
             "SE CSV": f"tables/{stem}_L{layer}_se.csv",
             "LaTeX": f"tables/{stem}_L{layer}.tex",
+            "marks CSV": f"tables/{stem}_L{layer}_marks.csv",
         }
     summary.write_csv(saver.out_dir / "tables" / f"{stem}_layers.csv")
     title = f"{task} · {model} · {probe}"

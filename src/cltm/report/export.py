@@ -37,6 +37,35 @@ def matrix_wide(data: HeatmapData, *, values: str = "cltm") -> pl.DataFrame:
     return pl.DataFrame(columns, schema={"target": pl.Utf8} | {d: pl.Float64 for d in data.cols})
 
 
+def heatmap_marks(data: HeatmapData) -> pl.DataFrame:
+    """One row per cell with what the heatmap shows: value, SE, P(>0) and the marks it carries.
+
+    ``clipped`` is +1 / -1 / 0; the boolean columns are ``unstable`` (hatched), ``faded`` (sign not decisive),
+    ``diagonal`` and ``missing``. Written beside each heatmap so that a figure can be checked on data.
+    """
+    i, j = np.indices(data.values.shape)
+    i, j = i.ravel(), j.ravel()
+
+    def column(array: np.ndarray) -> list:
+        return [None if np.isnan(v) else float(v) for v in array[i, j]]
+
+    return pl.DataFrame(
+        {
+            "target": [data.rows[a] for a in i],
+            "donor": [data.cols[b] for b in j],
+            "cltm": column(data.values),
+            "cltm_se": column(data.se),
+            "p_positive": column(data.p_positive),
+            "clipped": data.clipped[i, j].astype(np.int64),
+            "unstable": data.unstable[i, j],
+            "faded": data.faded[i, j],
+            "diagonal": data.diagonal[i, j],
+            "missing": data.missing[i, j],
+        },
+        schema_overrides={"cltm": pl.Float64, "cltm_se": pl.Float64, "p_positive": pl.Float64},
+    )
+
+
 def write_matrix_csv(data: HeatmapData, path: str | Path) -> Path:
     """Write the wide CLTM matrix as CSV (empty field = no value)."""
     path = Path(path)

@@ -126,7 +126,7 @@ def _properties(matrix: np.ndarray, families: list[str]) -> dict[str, float]:
         "asymmetry": float(np.linalg.norm(matrix - matrix.T) / np.linalg.norm(matrix)),
         "deviation_from_ones": float(np.linalg.norm(matrix - 1) / n),
         "within_family_mean": float(matrix[same].mean()) if same.any() else float("nan"),
-        "across_family_mean": float(matrix[off & ~same].mean()),
+        "across_family_mean": float(matrix[off & ~same].mean()) if (off & ~same).any() else float("nan"),
     }
 
 
