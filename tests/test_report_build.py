@@ -204,7 +204,10 @@ def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
     probe_runs = runs.filter(pl.col("source") == "probe")
     matrices = matrix_from_runs(probe_runs)
     properties, scores = matrix_properties(matrices, families=SYNTHETIC_FAMILIES)
-    results = write_results(tmp_path / "results", probe_runs, matrices, properties, language_scores=scores)
+    skipped = pl.DataFrame({"language": ["xx-YY"], "reason": ["only 3 speakers, 4 needed"]})
+    results = write_results(
+        tmp_path / "results", probe_runs, matrices, properties, language_scores=scores, skipped=skipped
+    )
     finetune_dir = tmp_path / "ft"
     finetune_dir.mkdir()
     runs.filter(pl.col("source") == "finetune").write_parquet(finetune_dir / "runs.parquet")
@@ -214,6 +217,7 @@ def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
     _assert_all_resolve(index)
     html = index.read_text()
     assert "(fine-tune)" in html and "probe vs fine-tune" in html
+    assert "xx-YY" in html and "only 3 speakers, 4 needed" in html  # left-out languages are shown
     assert "language_scores.parquet" in html  # donor/receiver scores taken from the engine's table
     spearman = pl.read_csv(tmp_path / "report" / "tables" / "finetune_spearman.csv")
     assert sorted(spearman["layer"].to_list()) == [1, 2]

@@ -508,8 +508,13 @@ def _page(
         f"({fade_range[0]:g} &lt; P(cell &gt; 0) &lt; "
         f"{fade_range[1]:g}); hatched = unstable (own-data gain Perf(i+i) − Perf(i) not clearly positive, so "
         "the ratio is noise). Family blocks are outlined.</p>",
-        "<nav><h2>Contents</h2><ul>",
     ]
+    if tables.skipped.height:
+        parts.append(
+            '<p class="note"><strong>Languages left out of the sweep</strong> (from skipped.parquet):</p>'
+            + html.table(tables.skipped)
+        )
+    parts.append("<nav><h2>Contents</h2><ul>")
     for task in tasks:
         parts.append(f'<li><a href="#task-{slug(task)}">{escape(task)}</a><ul>')
         parts += [

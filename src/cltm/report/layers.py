@@ -194,6 +194,17 @@ def draw_layer_curves(
     ax_mean.axhline(0, color="#999999", linewidth=0.8)
     ax_mean.axhline(1, color="#999999", linewidth=0.8, linestyle=":")
     ax_mean.legend(fontsize=7)
+    if not np.isfinite(summary["mean_offdiag"].cast(pl.Float64).fill_null(float("nan")).to_numpy()).any():
+        ax_mean.text(
+            0.5,
+            0.5,
+            "no stable off-diagonal cell at any layer:\nevery own-data gain is within noise",
+            ha="center",
+            va="center",
+            transform=ax_mean.transAxes,
+            fontsize=8,
+            color="#b71c1c",
+        )
     ax_mean.set_title("off-diagonal CLTM (stable cells)", fontsize=10)
     ax_share.plot(layers, summary["share_positive"], marker="o", color="#2e7d32")
     ax_share.set_ylim(-0.02, 1.02)
@@ -239,7 +250,7 @@ def draw_small_multiples(
     panel = 2.2 if n_lang <= 12 else 3.0
     gap_x = 0.55 if labels else 0.15
     gap_y = 0.85 if labels else 0.4
-    left, right, top, bottom = (0.5 if labels else 0.2), 1.2, 0.95, (0.5 if labels else 0.2)
+    left, right, top, bottom = (0.5 if labels else 0.2), 1.2, 1.1, (0.5 if labels else 0.2)
     fig_w = left + n_cols * panel + (n_cols - 1) * gap_x + right
     fig_h = top + n_rows * panel + (n_rows - 1) * gap_y + bottom
     fig = Figure(figsize=(fig_w, fig_h))
@@ -280,10 +291,10 @@ def draw_small_multiples(
     colorbar.ax.tick_params(labelsize=7)
     fig.text(
         left / fig_w,
-        (fig_h - 0.35) / fig_h,
-        f"{title}\nrows = targets, columns = donors; hatched = unstable, dot = beyond clip, "
+        (fig_h - 0.45) / fig_h,
+        f"{title}\nrows = targets, columns = donors\nhatched = unstable, dot = beyond clip, "
         "pale = sign not decisive",
-        fontsize=9,
+        fontsize=8,
         va="center",
     )
     return fig

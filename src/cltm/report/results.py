@@ -39,6 +39,8 @@ class ResultTables:
     results_dir: Path
     language_scores: pl.DataFrame = field(default_factory=pl.DataFrame)
     """Per-language receiver/donor scores when the CLTM engine wrote them (``language_scores.parquet``)."""
+    skipped: pl.DataFrame = field(default_factory=pl.DataFrame)
+    """Languages the sweep left out and why (``skipped.parquet``), shown on the page."""
 
 
 def _read_table(path: Path) -> pl.DataFrame:
@@ -92,8 +94,15 @@ def read_results(results_dir: str | Path) -> ResultTables:
     properties = _read_table(properties_path) if properties_path.exists() else pl.DataFrame()
     scores_path = results_dir / "language_scores.parquet"
     scores = _read_table(scores_path) if scores_path.exists() else pl.DataFrame()
+    skipped_path = results_dir / "skipped.parquet"
+    skipped = _read_table(skipped_path) if skipped_path.exists() else pl.DataFrame()
     return ResultTables(
-        runs=runs, matrices=matrices, properties=properties, results_dir=results_dir, language_scores=scores
+        runs=runs,
+        matrices=matrices,
+        properties=properties,
+        results_dir=results_dir,
+        language_scores=scores,
+        skipped=skipped,
     )
 
 
@@ -126,6 +135,7 @@ def add_runs(tables: ResultTables, runs_dirs: list[str | Path]) -> ResultTables:
         properties=tables.properties,
         results_dir=tables.results_dir,
         language_scores=tables.language_scores,
+        skipped=tables.skipped,
     )
 
 
