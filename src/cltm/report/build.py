@@ -40,7 +40,7 @@ FIGURE_FORMATS = ("png", "svg", "pdf")
 PAGE_FORMATS = ("png", "svg")
 """Formats an <img> can show; the page uses the first one asked for, and adds PNG when only PDF is."""
 DPI = 110
-LARGE_DPI = 150
+LARGE_DPI = 120
 """Heatmaps past 25 languages get more pixels so that their small annotations stay legible."""
 TOP_PAIRS = 10
 

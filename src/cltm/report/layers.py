@@ -11,6 +11,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cltm.report.heatmap import COLORMAP, HeatmapData, _draw_cells, family_colors, grid_shape
+from cltm.report.results import family_lookup
 
 BEST_LAYER_CRITERION = (
     "best layer = highest mean Perf(i) over target languages in the single condition "
@@ -152,7 +153,7 @@ def draw_layer_curves(
     axes = fig.subplots(2, 2, sharex=True)
     ax_perf, ax_mean, ax_share, ax_asym = axes.ravel()
     languages = sorted(performance["target"].unique().to_list()) if performance.height else []
-    family_of = {lang: (families or {}).get(lang, "other") for lang in languages}
+    family_of = {lang: family_lookup(lang, families) for lang in languages}
     colors = family_colors(sorted(set(family_of.values()))) if families else {}
     many = len(languages) > 12
     cycle = [ax_perf._get_lines.get_next_color() for _ in range(max(1, len(languages)))] if not many else []
