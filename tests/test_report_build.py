@@ -221,6 +221,17 @@ def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
     assert "language_scores.parquet" in html  # donor/receiver scores taken from the engine's table
     spearman = pl.read_csv(tmp_path / "report" / "tables" / "finetune_spearman.csv")
     assert sorted(spearman["layer"].to_list()) == [1, 2]
+    # zero-shot view: the CSV holds the engine's perf_zero_shot (diagonal: perf_single) at the best layer
+    zero_files = sorted((tmp_path / "report" / "tables").glob("*-logistic_zero_shot.csv"))
+    assert len(zero_files) == 1 and "Zero-shot" in html
+    zero = pl.read_csv(zero_files[0])
+    best = int(re.search(r"Heatmap at layer (\d+) \(best layer\)", html).group(1))
+    at_best = matrices.filter(pl.col("layer") == best)
+    for target, donor, value, own in at_best.select(
+        "target", "donor", "perf_zero_shot", "perf_single"
+    ).iter_rows():
+        shown = zero.filter(pl.col("target") == target)[donor][0]
+        assert math.isclose(shown, own if target == donor else value, abs_tol=1e-6)
     # the engine's properties table is shown (one of its columns)
     assert "deviation_from_ones" in html
 

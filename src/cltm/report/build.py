@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from joblib import Parallel, delayed
 from matplotlib.figure import Figure
@@ -30,10 +31,12 @@ from cltm.report.summaries import (
     donor_receiver_scores,
     draw_donor_receiver,
     draw_finetune_scatter,
+    draw_zero_shot,
     finetune_pairs,
     spearman_by_layer,
     split_finetune,
     top_pairs,
+    zero_shot_matrix,
 )
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
@@ -66,6 +69,7 @@ class GroupReport:
     positive: pl.DataFrame = field(default_factory=pl.DataFrame)
     negative: pl.DataFrame = field(default_factory=pl.DataFrame)
     scores_source: str = ""
+    zero_shot_csv: str = ""
 
     @property
     def anchor(self) -> str:
@@ -432,6 +436,29 @@ def _render_group(
         f"{stem}_donor_receiver",
     )
     report.positive, report.negative = top_pairs(focus, TOP_PAIRS)
+    zero_shot = zero_shot_matrix(matrices.filter(pl.col("layer") == focus.layer), focus)
+    if zero_shot is not None:
+        metric = matrices["metric"].drop_nulls().unique().to_list() if "metric" in matrices.columns else []
+        report.figures["zero_shot"] = saver.save(
+            draw_zero_shot(
+                zero_shot,
+                focus,
+                metric=(metric[0] if metric else perf_column(runs)).upper(),
+                title=f"{title} · layer {focus.layer}: zero-shot (trained on j only, tested on i)",
+            ),
+            f"{stem}_zero_shot",
+        )
+        base = saver.out_dir / "tables" / f"{stem}_zero_shot"
+        zero_frame = pl.DataFrame(
+            {"target": focus.rows}
+            | {
+                d: [None if np.isnan(v) else float(v) for v in zero_shot[:, j]]
+                for j, d in enumerate(focus.cols)
+            },
+            schema={"target": pl.Utf8} | {d: pl.Float64 for d in focus.cols},
+        )
+        zero_frame.write_csv(f"{base}.csv", float_precision=6)
+        report.zero_shot_csv = f"tables/{stem}_zero_shot.csv"
     return report
 
 
@@ -610,6 +637,17 @@ def _group_html(report: GroupReport, fmt: str) -> str:
                 )
             )
         parts.append("</details>")
+    if "zero_shot" in report.figures:
+        parts.append(f"<h4>Zero-shot (layer {focus})</h4>")
+        parts.append(
+            html.figure(
+                report.figures["zero_shot"][fmt],
+                "zero-shot performance",
+                "Perf when trained on N samples of donor j only and tested on target i; "
+                "the diagonal is Perf(i).",
+            )
+        )
+        parts.append(html.links([("zero-shot CSV", report.zero_shot_csv)]))
     parts.append(f"<h4>Donors and receivers (layer {focus})</h4>")
     parts.append(
         html.figure(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from scipy.stats import spearmanr
 
 from cltm.report.heatmap import HeatmapData
@@ -253,5 +253,72 @@ def draw_finetune_scatter(
     ax_scatter.legend(fontsize=7, loc="upper left")
     rho_at = dict(zip(layers.tolist(), rho.tolist(), strict=True)).get(highlight, float("nan"))
     ax_scatter.set_title(f"layer {highlight}: ρ = {rho_at:.2f}, {group.height} cells", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def zero_shot_matrix(matrix: pl.DataFrame, data: HeatmapData) -> np.ndarray | None:
+    """Perf of the ``zero_shot`` condition (trained on N of donor j only, tested on target i), in the
+    heatmap's order, with Perf(i) on the diagonal; None when the matrix rows carry no zero-shot value.
+
+    Taken from the CLTM engine's ``perf_zero_shot`` / ``perf_single`` matrix columns.
+    """
+    if "perf_zero_shot" not in matrix.columns:
+        return None
+    off = matrix.filter(pl.col("target") != pl.col("donor"))
+    if off["perf_zero_shot"].drop_nulls().len() == 0:
+        return None
+    row = {lang: i for i, lang in enumerate(data.rows)}
+    col = {lang: j for j, lang in enumerate(data.cols)}
+    values = np.full(data.values.shape, np.nan)
+    single = "perf_single" in matrix.columns
+    for target, donor, zero, own in matrix.select(
+        "target", "donor", "perf_zero_shot", pl.col("perf_single") if single else pl.lit(None)
+    ).iter_rows():
+        if target in row and donor in col:
+            value = own if target == donor else zero
+            values[row[target], col[donor]] = np.nan if value is None else value
+    return values
+
+
+def draw_zero_shot(values: np.ndarray, data: HeatmapData, *, metric: str = "Perf", title: str = "") -> Figure:
+    """Zero-shot Perf as a sequential heatmap (same order and family blocks as the CLTM heatmap)."""
+    n_rows, n_cols = values.shape
+    side = data.cell_inches
+    fig = Figure(figsize=(n_cols * side + 2.6, n_rows * side + 1.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="equal", interpolation="nearest")
+    for block in data.family_blocks:
+        ax.add_patch(
+            Rectangle(
+                (block.col_start - 0.5, block.row_start - 0.5),
+                block.col_stop - block.col_start,
+                block.row_stop - block.row_start,
+                fill=False,
+                edgecolor="white",
+                linewidth=1.4,
+            )
+        )
+    label_pt = min(10.0, max(5.0, side * 72 * 0.62))
+    ax.set_xticks(range(n_cols), data.cols, rotation=90, fontsize=label_pt)
+    ax.set_yticks(range(n_rows), data.rows, fontsize=label_pt)
+    ax.tick_params(length=0)
+    ax.set_xlabel("trained on donor j only", fontsize=9)
+    ax.set_ylabel("tested on target i", fontsize=9)
+    if data.annotate:
+        finite = values[np.isfinite(values)]
+        middle = float(np.mean([finite.min(), finite.max()])) if finite.size else 0.0
+        for i, j in np.argwhere(np.isfinite(values)):
+            ax.text(
+                j,
+                i,
+                f"{values[i, j]:.{data.decimals}f}".replace("0.", ".", 1),
+                ha="center",
+                va="center",
+                fontsize=data.font_size,
+                color="black" if values[i, j] > middle else "white",
+                fontweight="bold" if i == j or data.rows[i] == data.cols[j] else "normal",
+            )
+    fig.colorbar(image, ax=ax, shrink=0.7, label=f"{metric} (diagonal: trained on own data, bold)")
     fig.suptitle(title, fontsize=10)
     return fig

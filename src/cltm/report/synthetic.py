@@ -207,6 +207,15 @@ def make_synthetic_results(
                             for j, donor in enumerate(languages)
                             if donor != target
                         ]
+                        conditions += [
+                            (
+                                "zero_shot",
+                                donor,
+                                single - 0.15 + 0.1 * same_family[i, j] + rng.normal(0, 0.02),
+                            )
+                            for j, donor in enumerate(languages)
+                            if donor != target
+                        ]
                         for condition, donor, perf in conditions:
                             run_rows.append(
                                 _run_row(
