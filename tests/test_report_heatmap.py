@@ -168,3 +168,17 @@ def test_drawn_figure_carries_the_decided_marks():
         assert colors[tuple(high[0])][2] > colors[tuple(high[0])][0]  # blue end for positive
     legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "Fam1" in legend_labels and "Fam2" in legend_labels
+
+
+def test_a_report_palette_keeps_family_colours_across_matrices():
+    from cltm.report.heatmap import family_colors
+
+    palette = family_colors(["Fam1", "Fam2", "other"])
+    only_fam2 = _matrix(["bb", "ee"], np.random.default_rng(6))
+    both = _matrix(["aa", "bb"], np.random.default_rng(7))
+    first = heatmap_data(only_fam2, families=FAMILIES, palette=palette)
+    second = heatmap_data(both, families=FAMILIES, palette=palette)
+    assert first.family_colors["Fam2"] == second.family_colors["Fam2"] == palette["Fam2"]
+    assert list(second.family_colors) == ["Fam1", "Fam2"]  # legend order: alphabetical
+    # without a palette each matrix colours its own families from the start of the palette
+    assert heatmap_data(only_fam2, families=FAMILIES).family_colors["Fam2"] == palette["Fam1"]

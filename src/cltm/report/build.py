@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 import cltm
 from cltm.report import html
 from cltm.report.export import heatmap_marks, matrix_wide, write_matrix_csv, write_matrix_latex
-from cltm.report.heatmap import DEFAULT_FADE_RANGE, HeatmapData, draw_heatmap, heatmap_data
+from cltm.report.heatmap import DEFAULT_FADE_RANGE, HeatmapData, draw_heatmap, family_colors, heatmap_data
 from cltm.report.layers import (
     best_layer,
     draw_layer_curves,
@@ -26,7 +26,15 @@ from cltm.report.layers import (
     perf_column,
     single_performance,
 )
-from cltm.report.results import ReportInputError, ResultTables, add_runs, read_results, resolve_families
+from cltm.report.results import (
+    UNKNOWN_FAMILY,
+    ReportInputError,
+    ResultTables,
+    add_runs,
+    family_lookup,
+    read_results,
+    resolve_families,
+)
 from cltm.report.summaries import (
     donor_receiver_scores,
     draw_donor_receiver,
@@ -279,6 +287,14 @@ def build_report(
         key=lambda item: (str(item[0][0]), str(item[0][1]), bool(item[1]["__ft"][0]), str(item[0][2])),
     )
     reports: list[GroupReport] = []
+    # one colour per family for the whole report, so that a family looks the same in every figure
+    every_language = set(all_matrices["target"].to_list()) | set(all_matrices["donor"].to_list())
+    palette = family_colors(
+        sorted(
+            {family_lookup(lang, family_map) for lang in every_language},
+            key=lambda f: (f == UNKNOWN_FAMILY, f),
+        )
+    )
     total = len(groups) + all_matrices.select("task", "model", "probe", "layer").unique().height
     done = 0
     for (task, model, probe), group in groups:
@@ -294,6 +310,7 @@ def build_report(
                 families=family_map,
                 fade_range=fade_range,
                 saver=saver,
+                palette=palette,
             )
         )
         done += 1
@@ -349,6 +366,7 @@ def _render_group(
     families: Mapping[str, str],
     fade_range: tuple[float, float],
     saver: _Saver,
+    palette: Mapping[str, tuple[float, float, float, float]],
 ) -> GroupReport:
     runs = tables.runs
     if runs.height:
@@ -366,6 +384,7 @@ def _render_group(
             fade_range=fade_range,
             rows=rows,
             cols=cols,
+            palette=palette,
         )
         for layer in layer_list
     }
@@ -424,6 +443,7 @@ def _render_group(
                 families=families,
                 title=title,
                 metric=(metric[0] if metric else perf_column(runs)).upper(),
+                palette=palette,
             ),
             f"{stem}_layer_curves",
         )

@@ -127,6 +127,16 @@ def family_colors(families: Sequence[str]) -> dict[str, tuple[float, float, floa
     return colors
 
 
+def _legend_colors(
+    families: Sequence[str], palette: Mapping[str, tuple[float, float, float, float]] | None
+) -> dict[str, tuple[float, float, float, float]]:
+    """Colours of the families present, in legend order (alphabetical, unknown last)."""
+    present = sorted(set(families), key=lambda f: (f == UNKNOWN_FAMILY, f))
+    if palette is not None and set(present) <= set(palette):
+        return {f: palette[f] for f in present}
+    return family_colors(present)
+
+
 def _runs_of(labels: Sequence[str]) -> list[tuple[str, int, int]]:
     """Consecutive runs ``(label, start, stop)`` of equal labels."""
     runs: list[tuple[str, int, int]] = []
@@ -164,6 +174,7 @@ def heatmap_data(
     fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
     rows: Sequence[str] | None = None,
     cols: Sequence[str] | None = None,
+    palette: Mapping[str, tuple[float, float, float, float]] | None = None,
 ) -> HeatmapData:
     """Decide what the heatmap of one (task, model, probe, layer) matrix shows.
 
@@ -171,7 +182,8 @@ def heatmap_data(
     columns donors, both ordered by family (see :func:`order_languages`); ``rows``/``cols`` fix the language
     sets across several matrices (the small-multiples grid). A cell is *faded* when ``fade_range[0] <
     p_positive < fade_range[1]`` (its sign is not decisive), *clipped* when ``|cltm| > clip``; the diagonal
-    (target = donor, 1 by definition) is drawn grey.
+    (target = donor, 1 by definition) is drawn grey. ``palette`` (family -> colour, e.g. from
+    :func:`family_colors` over every family of a report) keeps family colours equal across figures.
     """
     if clip <= 0:
         raise ValueError(f"clip must be positive, got {clip}")
@@ -243,7 +255,7 @@ def heatmap_data(
         decimals=decimals,
         cell_inches=cell_inches,
         note=note,
-        family_colors=family_colors(row_families + col_families),
+        family_colors=_legend_colors(row_families + col_families, palette),
     )
 
 

@@ -25,6 +25,7 @@ details { margin: .6em 0; }
 summary { cursor: pointer; font-weight: 600; }
 .note { font-size: 0.85em; color: #555; }
 .exports a { margin-right: .8em; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .pairs { display: flex; gap: 2em; flex-wrap: wrap; }
 """
 
@@ -61,7 +62,11 @@ def table(df: pl.DataFrame, *, decimals: int = 3, caption: str | None = None) ->
             cells.append(f"<td>{text}</td>" if numeric else f'<td class="text">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{escape(caption)}</caption>" if caption else ""
-    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    rows = "".join(body)
+    # wide tables (the engine's properties) scroll instead of overflowing the page
+    return (
+        f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    )
 
 
 def figure(src: str, alt: str, caption: str | None = None, *, lazy: bool = False) -> str:

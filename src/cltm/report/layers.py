@@ -147,6 +147,7 @@ def draw_layer_curves(
     families: Mapping[str, str] | None = None,
     title: str = "",
     metric: str = "Perf",
+    palette: Mapping[str, tuple[float, float, float, float]] | None = None,
 ) -> Figure:
     """Four panels over layers: Perf(i) per language, mean off-diagonal CLTM, share positive, asymmetry."""
     fig = Figure(figsize=(11, 7.2), layout="constrained")
@@ -154,7 +155,10 @@ def draw_layer_curves(
     ax_perf, ax_mean, ax_share, ax_asym = axes.ravel()
     languages = sorted(performance["target"].unique().to_list()) if performance.height else []
     family_of = {lang: family_lookup(lang, families) for lang in languages}
-    colors = family_colors(sorted(set(family_of.values()))) if families else {}
+    if palette is not None:
+        colors = {f: palette[f] for f in sorted(set(family_of.values())) if f in palette}
+    else:
+        colors = family_colors(sorted(set(family_of.values()))) if families else {}
     many = len(languages) > 12
     cycle = [ax_perf._get_lines.get_next_color() for _ in range(max(1, len(languages)))] if not many else []
     for index, lang in enumerate(languages):
