@@ -402,7 +402,8 @@ def draw_heatmap(data: HeatmapData) -> Figure:
                 else:
                     value = data.values[i, j]
                     text = _format_value(value, data.decimals)
-                    strong = abs(norm(value) - 0.5) > 0.33 and not faded
+                    # white text only on a saturated cell without the (light) box of an unstable cell
+                    strong = abs(norm(value) - 0.5) > 0.33 and not faded and not data.unstable[i, j]
                 ax.text(
                     j,
                     i,
