@@ -204,8 +204,10 @@ class PLDA(_Backend):
             raise ValueError("PLDA needs at least 2 speakers in the training data")
         self.mean_ = stats.mean
         if self.n_components is not None and self.n_components < stats.dim:
-            vals, vecs = np.linalg.eigh(stats.total_scatter())
-            self.projection_ = vecs[:, ::-1][:, : self.n_components].T  # [k, d]
+            d, k = stats.dim, self.n_components
+            # only the top-k eigenpairs: the full 768 x 768 decomposition dominated from_stats' cost
+            _, vecs = scipy.linalg.eigh(stats.total_scatter(), subset_by_index=[d - k, d - 1])
+            self.projection_ = vecs[:, ::-1].T  # [k, d], largest variance first
         else:
             self.projection_ = np.eye(stats.dim)
         st = stats.transform(self.projection_, shift=self.mean_)
