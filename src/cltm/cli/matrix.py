@@ -153,6 +153,13 @@ def matrix_command(
         "--probe",
         help="Classifier (logreg, default) or verification back-end (plda, default; cosine).",
     ),
+    solver: str = typer.Option(
+        "shared",
+        "--solver",
+        help="logreg solver: shared (default: all training sets of a (layer, seed) in one L-BFGS run "
+        "sharing the products with the data), sklearn (one scikit-learn fit per distinct set, values "
+        "identical to a per-cell loop) or batched (exact kernel Newton).",
+    ),
     metric: str | None = typer.Option(
         None,
         "--metric",
@@ -199,6 +206,8 @@ def matrix_command(
     ):
         if path is not None and not path.exists():
             raise _fail(f"{opt} {path}: no such file or directory")
+    if solver not in ("shared", "sklearn", "batched"):
+        raise typer.BadParameter(f"must be shared, sklearn or batched, not {solver!r}", param_hint="--solver")
     if parallel not in ("joblib", "dask", "ray"):
         raise typer.BadParameter(f"must be joblib, dask or ray, not {parallel!r}", param_hint="--parallel")
     try:
@@ -257,6 +266,7 @@ def matrix_command(
                 trials=trial_list,
                 families=family_map,
                 model=model,
+                solver=solver,
             )
     except typer.Exit:
         raise

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["BatchedLogisticFit", "fit_logistic_batched", "fit_logistic_subsets"]
 
@@ -69,6 +72,7 @@ class BatchedLogisticFit:
 
 
 def _standardise(X: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch  # imported here: importing cltm.probes stays light for sweep workers
     m = mask.to(X.dtype).unsqueeze(-1)
     count = m.sum(1)
     mean = (X * m).sum(1) / count
@@ -83,6 +87,7 @@ def _standardise(X: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _log1pexp(x: torch.Tensor) -> torch.Tensor:
+    import torch  # imported here: importing cltm.probes stays light for sweep workers
     return torch.nn.functional.softplus(x)
 
 
@@ -91,6 +96,7 @@ def _newton_kernel(
     alpha0: torch.Tensor | None = None, b0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Newton on w = Z^T alpha for every problem; K [b, n, n], target/weight [b, n] (weight 0 = padding)."""
+    import torch  # imported here: importing cltm.probes stays light for sweep workers
     nb, n, _ = K.shape
     dtype = K.dtype
     sign = 2 * target - 1  # +1 / -1
@@ -221,6 +227,7 @@ def fit_logistic_batched(
     ``chunk_size`` at a time (memory ~ chunk_size * (n*d + n*n) * 8 bytes). Returns coefficients in the
     standardised space plus the standardisation (see :class:`BatchedLogisticFit`).
     """
+    import torch  # imported here: importing cltm.probes stays light for sweep workers
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
     if class_weight not in ("balanced", None):

@@ -31,6 +31,7 @@ from cltm.transfer.conditions import (
     task_label,
 )
 from cltm.transfer.evaluators import (
+    LOGISTIC_SOLVERS,
     ClassificationGroup,
     Problem,
     VerificationGroup,
@@ -291,7 +292,7 @@ def run_matrix(
     families: dict[str, str] | None = None,
     model: str | None = None,
     C: float = 1.0,
-    solver: str = "sklearn",
+    solver: str = "shared",
     backend_params: dict[str, Any] | None = None,
     naive: bool = False,
 ) -> MatrixResult:
@@ -306,9 +307,11 @@ def run_matrix(
     ``layers``: layer indices (default all). ``languages``: targets and donors (default all in the manifest);
     ``donors`` narrows the donors. ``metric``: the matrix metric (default macro-F1, AUC for speaker).
     ``trials``: a user trial list (enroll, test, label utt_ids) instead of the generated one. ``families``: a
-    language -> family map for the family properties (default: the shipped Common Voice map). ``naive``:
-    fit one
-    estimator per problem instead of the fast path (for checks and benchmarks).
+    language -> family map for the family properties (default: the shipped Common Voice map). ``C``: inverse
+    L2 strength of ``logreg``; ``solver``: how ``logreg`` fits binary tasks (``shared``, default: one L-BFGS
+    run for all training sets of a (layer, seed), see ``cltm.probes.shared_logistic``; ``sklearn``: values
+    identical to the naive loop; ``batched``). ``naive``: fit one estimator per problem instead of the fast
+    path (for checks and benchmarks).
 
     Subsets and test sets come from ``plan_languages`` (the same source the fine-tune path uses). Languages
     with
@@ -334,6 +337,8 @@ def run_matrix(
         )
     if parallel not in PARALLEL_BACKENDS:
         raise ValueError(f"parallel must be one of {PARALLEL_BACKENDS}, got {parallel!r}")
+    if solver not in LOGISTIC_SOLVERS:
+        raise ValueError(f"solver must be one of {LOGISTIC_SOLVERS}, got {solver!r}")
     kind = "verification" if task in VERIFICATION_TASKS else "classification"
     spec = get_probe(probe, kind)
     seeds_ = seed_list(seeds)
