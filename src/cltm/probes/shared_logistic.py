@@ -35,21 +35,24 @@ class _Layout:
     """The (row, problem) pairs of the problems being solved, atom by atom, in flat float64 arrays.
 
     ``local_of`` maps problem ids to positions in the working set (-1: not being solved). Atom k's rows
-    (float32 [r, d]) form an [r, q] row-major block of pairs at ``spans[k]``, one column per working problem
-    that contains them. Rebuilt when problems finish, so they stop costing products with the data.
+    (centred on the atom's own mean, float32 by default) form an [r, q] row-major block of pairs at
+    ``spans[k]``, one column per working problem that contains them. Rebuilt when problems finish, so they
+    stop costing products with the data.
     """
 
     def __init__(self, atoms, local_of, w_pos, w_neg, C):
         self.rows, self.problems, self.spans = [], [], []
         pair_problem, pair_target = [], []
         offset = 0
-        for rows, members, t in atoms:
+        self.centres = []
+        for rows, centre, members, t in atoms:
             members = local_of[members]
             members = members[members >= 0]
             if not len(members):
                 continue
             size = len(rows) * len(members)
             self.rows.append(rows)
+            self.centres.append(centre)
             self.problems.append(members)
             self.spans.append(slice(offset, offset + size))
             offset += size
@@ -64,19 +67,26 @@ class _Layout:
     def per_problem(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.problem_of, weights=values, minlength=self.nb)
 
-    def products(self, u32: np.ndarray) -> np.ndarray:
-        """x . u_p for every pair (float32 products, float64 result)."""
+    def products(self, u: np.ndarray) -> np.ndarray:
+        """x . u_p for every pair: (x - atom centre) . u in the rows' dtype, plus centre . u in float64."""
         out = np.empty(self.size)
-        for rows, members, span in zip(self.rows, self.problems, self.spans, strict=True):
-            out[span] = (rows @ u32[members].T).ravel()
+        u_low = u.astype(self.rows[0].dtype)
+        for rows, centre, members, span in zip(
+            self.rows, self.centres, self.problems, self.spans, strict=True
+        ):
+            out[span] = (rows @ u_low[members].T + centre @ u[members].T).ravel()
         return out
 
     def transposed_products(self, residual: np.ndarray, d: int) -> np.ndarray:
-        """Per problem, the sum over its rows of residual * x -> [nb, d]."""
+        """Per problem, the sum over its rows of residual * x -> [nb, d] (same split as ``products``)."""
         gx = np.zeros((self.nb, d))
-        r32 = residual.astype(np.float32)
-        for rows, members, span in zip(self.rows, self.problems, self.spans, strict=True):
-            gx[members] += r32[span].reshape(-1, len(members)).T @ rows
+        r_low = residual.astype(self.rows[0].dtype)
+        for rows, centre, members, span in zip(
+            self.rows, self.centres, self.problems, self.spans, strict=True
+        ):
+            block = span.stop - span.start
+            r_sum = residual[span].reshape(block // len(members), len(members)).sum(0)
+            gx[members] += r_low[span].reshape(-1, len(members)).T @ rows + r_sum[:, None] * centre
         return gx
 
     def loss(self, margins: np.ndarray) -> np.ndarray:
@@ -137,6 +147,117 @@ def _check_subsets(labels: np.ndarray, subsets: list[np.ndarray]) -> None:
         raise ValueError(f"problem {k}: only one class among its {sizes[k]} rows; need both 0 and 1")
 
 
+def _lbfgs(
+    ids, atoms, v_all, g_all, n_iter, mean_all, scale_all, threshold_all, w_pos, w_neg, C, max_iter, history
+) -> None:
+    """L-BFGS in lockstep over problems ``ids``, from their rows of ``v_all``; writes ``v_all``, ``g_all``
+    and ``n_iter`` in place. Products with the data run in the dtype of the atoms' rows."""
+    nb, d = len(v_all), v_all.shape[1] - 1
+
+    def working(ids: np.ndarray):
+        local_of = np.full(nb, -1)
+        local_of[ids] = np.arange(len(ids))
+        return _Layout(atoms, local_of, w_pos[ids], w_neg[ids], C), mean_all[ids], scale_all[ids]
+
+    def margins_of(vw: np.ndarray) -> np.ndarray:
+        """Margins x . u + c of every pair for standardised parameters [w, b] per working problem."""
+        u = vw[:, :d] / scale
+        c = vw[:, d] - _rowdot(u, mean)
+        return lay.products(u) + c[lay.problem_of]
+
+    def objective_and_gradient(vw: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual = lay.residual(margins)
+        rsum = lay.per_problem(residual)
+        g_w = vw[:, :d] + (lay.transposed_products(residual, d) - mean * rsum[:, None]) / scale
+        f = lay.loss(margins) + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
+        return f, np.concatenate([g_w, rsum[:, None]], axis=1)
+
+    # the working set: problems still being solved, with their solver state (L-BFGS history included)
+    v = v_all[ids]
+    S: list[np.ndarray] = []
+    Y: list[np.ndarray] = []
+    rho: list[np.ndarray] = []
+    lay, mean, scale = working(ids)
+    threshold = threshold_all[ids]
+    M = margins_of(v)
+    f, g = objective_and_gradient(v, M)
+    done = np.abs(g).max(1) <= threshold
+    for _ in range(max_iter):
+        if done.any():  # retire finished problems; rebuild the products once enough of them have finished
+            v_all[ids[done]], g_all[ids[done]] = v[done], g[done]
+            keep = ~done
+            if keep.sum() <= 0.85 * len(ids) or not keep.any():
+                ids, v, g, f, threshold = ids[keep], v[keep], g[keep], f[keep], threshold[keep]
+                S, Y, rho = [s[keep] for s in S], [y_[keep] for y_ in Y], [r[keep] for r in rho]
+                if not len(ids):
+                    break
+                lay, mean, scale = working(ids)
+                M = margins_of(v)
+                done = np.zeros(len(ids), dtype=bool)
+        active = ~done
+        # two-loop recursion, vectorised over problems
+        q = g.copy()
+        alphas = []
+        for s_k, y_k, r_k in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
+            a_k = r_k * _rowdot(s_k, q)
+            q -= a_k[:, None] * y_k
+            alphas.append(a_k)
+        if S:
+            sy, yy = _rowdot(S[-1], Y[-1]), _rowdot(Y[-1], Y[-1])
+            gamma = np.where(yy > 0, sy / np.where(yy > 0, yy, 1.0), 1.0)
+        else:
+            gamma = 1.0 / np.maximum(np.linalg.norm(g, axis=1), 1e-300)
+        q *= gamma[:, None]
+        for s_k, y_k, r_k, a_k in zip(S, Y, rho, reversed(alphas), strict=True):
+            q += (a_k - r_k * _rowdot(y_k, q))[:, None] * s_k
+        direction = -q
+        slope = _rowdot(g, direction)
+        stale = active & (slope >= 0)  # not a descent direction: restart this problem from the gradient
+        if stale.any():
+            direction[stale] = -g[stale] / np.linalg.norm(g[stale], axis=1)[:, None]
+            slope = _rowdot(g, direction)
+        direction[~active] = 0.0
+        dM = margins_of(direction)
+        ww = _rowdot(v[:, :d], v[:, :d])
+        wd = _rowdot(v[:, :d], direction[:, :d])
+        dd = _rowdot(direction[:, :d], direction[:, :d])
+        step = active.astype(np.float64)
+        accepted = ~active
+        for _ in range(40):  # backtracking; margins are linear in the step, no data product needed
+            moved = M + step[lay.problem_of] * dM
+            trial = lay.loss(moved) + 0.5 * (ww + 2 * step * wd + step**2 * dd)
+            ok = trial <= f + 1e-4 * step * slope  # Armijo
+            if not (ok | accepted).all():
+                # near the optimum the decrease falls below float64 resolution of f: accept a step whose
+                # directional derivative shows it did not overshoot (Hager-Zhang's approximate Wolfe)
+                d_step = lay.per_problem(lay.residual(moved) * dM) + wd + step * dd
+                ok |= (trial <= f + 1e-12 * np.abs(f)) & (d_step <= -0.8 * slope)
+            accepted |= ok
+            if accepted.all():
+                break
+            step = np.where(accepted, step, step / 2)
+        stuck = ~accepted
+        step[stuck] = 0.0  # no decrease measurable: the problem is at its optimum as far as we can resolve
+        s_new = step[:, None] * direction
+        v = v + s_new
+        M = M + step[lay.problem_of] * dM
+        f_new, g_new = objective_and_gradient(v, M)
+        g_new[done] = g[done]
+        f = np.where(done, f, f_new)
+        y_new = g_new - g
+        sy = _rowdot(s_new, y_new)
+        S.append(s_new)
+        Y.append(y_new)
+        rho.append(np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0))
+        if len(S) > history:
+            del S[0], Y[0], rho[0]
+        g = g_new
+        n_iter[ids[active]] += 1
+        done |= (np.abs(g).max(1) <= threshold) | stuck
+    if len(ids):  # max_iter reached
+        v_all[ids], g_all[ids] = v, g
+
+
 def fit_logistic_shared(
     features: np.ndarray,
     labels: np.ndarray,
@@ -147,6 +268,7 @@ def fit_logistic_shared(
     max_iter: int = 1000,
     tol: float = 1e-5,
     history: int = 10,
+    dtype: type = np.float32,
 ) -> BatchedLogisticFit:
     """Fit one standardised L2 logistic regression per index array in ``subsets`` over ``features`` [N, d].
 
@@ -154,6 +276,10 @@ def fit_logistic_shared(
     problem's standardised space plus its standardisation (as :func:`cltm.probes.fit_logistic_subsets`), so
     ``fit.decision_function(X)`` scores raw features. Agrees with one scikit-learn fit per subset up to the
     solvers' tolerances (tested against a tightly converged fit).
+
+    ``dtype``: precision of the products with the data (sums, margins and the solver state are float64).
+    float32 is ~2x faster and resolves gradients to ~1e-7 of their scale, ample for the default ``tol``;
+    pass ``np.float64`` for tolerances below ~1e-7.
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
@@ -192,7 +318,10 @@ def fit_logistic_shared(
         Xa = X[rows]
         sum1[members] += Xa.sum(0)
         sum2[members] += np.einsum("rd,rd->d", Xa, Xa)
-        atoms.append((Xa.astype(np.float32), members, t_union[rows]))
+        # low-precision products only ever see rows centred on their own atom: languages far apart in the
+        # raw space (offsets >> within-language spread) would otherwise drown float32's 7 digits
+        centre = Xa.mean(0)
+        atoms.append((Xa - centre, centre, members, t_union[rows]))
     mean_all = sum1 / n_p[:, None]
     scale_all = np.sqrt(np.maximum(sum2 / n_p[:, None] - mean_all**2, 0.0))
     # scikit-learn's StandardScaler leaves (near-)constant features unscaled
@@ -203,104 +332,40 @@ def fit_logistic_shared(
     g_all = np.zeros((nb, d + 1))
     n_iter = np.zeros(nb, dtype=np.int64)
     threshold_all = tol * C * n_p
-
-    # the working set: problems still being solved, with their solver state (L-BFGS history included)
-    ids = np.arange(nb)
-    v = v_all.copy()
-    S: list[np.ndarray] = []
-    Y: list[np.ndarray] = []
-    rho: list[np.ndarray] = []
-
-    def working(ids: np.ndarray):
-        local_of = np.full(nb, -1)
-        local_of[ids] = np.arange(len(ids))
-        lay = _Layout(atoms, local_of, w_pos[ids], w_neg[ids], C)
-        return lay, mean_all[ids], scale_all[ids], threshold_all[ids]
-
-    def margins_of(vw: np.ndarray) -> np.ndarray:
-        """Margins x . u + c of every pair for standardised parameters [w, b] per working problem."""
-        u = vw[:, :d] / scale
-        c = vw[:, d] - _rowdot(u, mean)
-        return lay.products(u.astype(np.float32)) + c[lay.problem_of]
-
-    def objective_and_gradient(vw: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        residual = lay.residual(margins)
-        rsum = lay.per_problem(residual)
-        g_w = vw[:, :d] + (lay.transposed_products(residual, d) - mean * rsum[:, None]) / scale
-        f = lay.loss(margins) + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
-        return f, np.concatenate([g_w, rsum[:, None]], axis=1)
-
-    lay, mean, scale, threshold = working(ids)
-    M = np.zeros(lay.size)
-    f, g = objective_and_gradient(v, M)
-    done = np.abs(g).max(1) <= threshold
-    for _ in range(max_iter):
-        if done.any():  # retire finished problems; rebuild the products once enough of them have finished
-            v_all[ids[done]], g_all[ids[done]] = v[done], g[done]
-            keep = ~done
-            if keep.sum() <= 0.85 * len(ids) or not keep.any():
-                ids, v, g, f = ids[keep], v[keep], g[keep], f[keep]
-                S, Y, rho = [s[keep] for s in S], [y_[keep] for y_ in Y], [r[keep] for r in rho]
-                if not len(ids):
-                    break
-                lay, mean, scale, threshold = working(ids)
-                M = margins_of(v)
-                done = np.zeros(len(ids), dtype=bool)
-        active = ~done
-        # two-loop recursion, vectorised over problems
-        q = g.copy()
-        alphas = []
-        for s_k, y_k, r_k in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
-            a_k = r_k * _rowdot(s_k, q)
-            q -= a_k[:, None] * y_k
-            alphas.append(a_k)
-        if S:
-            sy, yy = _rowdot(S[-1], Y[-1]), _rowdot(Y[-1], Y[-1])
-            gamma = np.where(yy > 0, sy / np.where(yy > 0, yy, 1.0), 1.0)
-        else:
-            gamma = 1.0 / np.maximum(np.linalg.norm(g, axis=1), 1e-300)
-        q *= gamma[:, None]
-        for s_k, y_k, r_k, a_k in zip(S, Y, rho, reversed(alphas), strict=True):
-            q += (a_k - r_k * _rowdot(y_k, q))[:, None] * s_k
-        direction = -q
-        slope = _rowdot(g, direction)
-        stale = active & (slope >= 0)  # not a descent direction: restart this problem from the gradient
-        if stale.any():
-            direction[stale] = -g[stale] / np.linalg.norm(g[stale], axis=1)[:, None]
-            slope = _rowdot(g, direction)
-        direction[~active] = 0.0
-        dM = margins_of(direction)
-        ww = _rowdot(v[:, :d], v[:, :d])
-        wd = _rowdot(v[:, :d], direction[:, :d])
-        dd = _rowdot(direction[:, :d], direction[:, :d])
-        step = active.astype(np.float64)
-        accepted = ~active
-        for _ in range(40):  # Armijo backtracking; margins are linear in the step, no data product needed
-            trial = lay.loss(M + step[lay.problem_of] * dM) + 0.5 * (ww + 2 * step * wd + step**2 * dd)
-            accepted |= trial <= f + 1e-4 * step * slope
-            if accepted.all():
-                break
-            step = np.where(accepted, step, step / 2)
-        stuck = ~accepted
-        step[stuck] = 0.0  # no decrease measurable in float64: the problem is at its optimum
-        s_new = step[:, None] * direction
-        v = v + s_new
-        M = M + step[lay.problem_of] * dM
-        f_new, g_new = objective_and_gradient(v, M)
-        g_new[done] = g[done]
-        f = np.where(done, f, f_new)
-        y_new = g_new - g
-        sy = _rowdot(s_new, y_new)
-        S.append(s_new)
-        Y.append(y_new)
-        rho.append(np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0))
-        if len(S) > history:
-            del S[0], Y[0], rho[0]
-        g = g_new
-        n_iter[ids[active]] += 1
-        done |= (np.abs(g).max(1) <= threshold) | stuck
-    if len(ids):  # max_iter reached
-        v_all[ids], g_all[ids] = v, g
+    low = [(rows.astype(dtype), centre, members, t) for rows, centre, members, t in atoms]
+    _lbfgs(
+        np.arange(nb),
+        low,
+        v_all,
+        g_all,
+        n_iter,
+        mean_all,
+        scale_all,
+        threshold_all,
+        w_pos,
+        w_neg,
+        C,
+        max_iter,
+        history,
+    )
+    pending = np.flatnonzero(np.abs(g_all).max(1) > threshold_all)
+    if len(pending) and np.dtype(dtype) != np.float64:
+        # the few problems float32 cannot resolve to ``tol`` are finished in float64 from where they stopped
+        _lbfgs(
+            pending,
+            atoms,
+            v_all,
+            g_all,
+            n_iter,
+            mean_all,
+            scale_all,
+            threshold_all,
+            w_pos,
+            w_neg,
+            C,
+            max_iter,
+            history,
+        )
     return BatchedLogisticFit(
         coef=v_all[:, :d],
         intercept=v_all[:, d].copy(),
