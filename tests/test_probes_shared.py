@@ -87,8 +87,8 @@ def test_float32_products_stay_accurate_with_large_offsets():
     X, y, blocks = language_blocks(rng, n_languages=4, per_language=60, d=100)
     X = X * 50 + 200  # large raw magnitudes, as some SSL layers have: float32 must still resolve gradients
     subsets = sweep_subsets(blocks)
-    fit = fit_logistic_shared(X, y, subsets)
-    assert fit.converged.mean() >= 0.9  # a flag may stay down at float32 resolution; the values do not
+    fit = fit_logistic_shared(X, y, subsets, tol=1e-5)
+    assert fit.converged.all()  # float32 where it can, float64 to finish what it cannot resolve  # a flag may stay down at float32 resolution; the values do not
     for k in range(len(subsets)):
         ref = sklearn_exact(X[subsets[k]], y[subsets[k]], 1.0)
         coef = ref[-1].coef_[0]
@@ -96,7 +96,7 @@ def test_float32_products_stay_accurate_with_large_offsets():
 
 
 def test_default_tolerance_agrees_with_sklearn_default_predictions():
-    """At the default tol (10x tighter than scikit-learn's), held-out predictions match its default fit."""
+    """At the default tol (scikit-learn's own), held-out predictions match scikit-learn's default fit."""
     rng = np.random.default_rng(7)
     X, y, blocks = language_blocks(rng, n_languages=5, per_language=60, d=80)
     test = np.arange(len(y))
