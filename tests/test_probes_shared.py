@@ -88,7 +88,7 @@ def test_float32_products_stay_accurate_with_large_offsets():
     X = X * 50 + 200  # large raw magnitudes, as some SSL layers have: float32 must still resolve gradients
     subsets = sweep_subsets(blocks)
     fit = fit_logistic_shared(X, y, subsets, tol=1e-5)
-    assert fit.converged.all()  # float32 where it can, float64 to finish what it cannot resolve  # a flag may stay down at float32 resolution; the values do not
+    assert fit.converged.all()  # float32 where it can, float64 to finish what it cannot resolve
     for k in range(len(subsets)):
         ref = sklearn_exact(X[subsets[k]], y[subsets[k]], 1.0)
         coef = ref[-1].coef_[0]

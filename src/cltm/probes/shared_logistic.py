@@ -132,8 +132,9 @@ def _check_subsets(labels: np.ndarray, subsets: list[np.ndarray]) -> None:
         k = int(np.flatnonzero(np.bincount(pairs // len(labels), minlength=len(subsets)) != sizes)[0])
         raise ValueError(f"problem {k}: its rows are not distinct; pass each training row once")
     y = labels[rows]
-    if not np.isin(y, (0, 1)).all():
-        k = int(owner[~np.isin(y, (0, 1))][0])
+    binary = (y == 0) | (y == 1)
+    if not binary.all():
+        k = int(owner[~binary][0])
         raise ValueError(f"problem {k}: labels must be 0/1 (1 = positive); multi-class needs LogisticProbe")
     n_pos = np.bincount(owner, weights=y, minlength=len(subsets))
     one_class = (n_pos == 0) | (n_pos == sizes)
@@ -293,12 +294,8 @@ def fit_logistic_shared(
 
     union, inverse = np.unique(np.concatenate(subsets), return_inverse=True)
     union_pos = np.split(inverse, np.cumsum([len(s) for s in subsets])[:-1])
-    X = np.asarray(features[union], dtype=np.float64)
-    origin = X.mean(0)
-    X -= origin  # centred once for numerical stability; problem means are relative to it
     t_union = labels[union].astype(np.float64)
-
-    nb, d = len(subsets), X.shape[1]
+    nb, d = len(subsets), features.shape[1]
     n_p = np.array([len(s) for s in subsets], dtype=np.float64)
     n_pos = np.array([t_union[p].sum() for p in union_pos])
     if class_weight == "balanced":
@@ -306,65 +303,51 @@ def fit_logistic_shared(
     else:
         w_pos = w_neg = np.ones(nb)
 
-    atoms = []
-    sum1 = np.zeros((nb, d))
-    sum2 = np.zeros((nb, d))
-    for rows, members in _atoms_of(union_pos, len(union)):
-        Xa = X[rows]
-        sum1[members] += Xa.sum(0)
-        sum2[members] += np.einsum("rd,rd->d", Xa, Xa)
-        # low-precision products only ever see rows centred on their own atom: languages far apart in the
-        # raw space (offsets >> within-language spread) would otherwise drown float32's 7 digits
-        centre = Xa.mean(0)
-        atoms.append((Xa - centre, centre, members, t_union[rows]))
-    mean_all = sum1 / n_p[:, None]
-    scale_all = np.sqrt(np.maximum(sum2 / n_p[:, None] - mean_all**2, 0.0))
+    # Per atom: its centre, its within-atom sum of squares and its rows centred on the centre. Low-precision
+    # products only ever see atom-centred rows: languages far apart in the raw space (offsets >> spread)
+    # would otherwise drown float32's 7 digits. Problem statistics add up over atoms (two-level variance).
+    grouped = _atoms_of(union_pos, len(union))
+    membership = np.zeros((nb, len(grouped)))
+    centres = np.empty((len(grouped), d))
+    within = np.empty((len(grouped), d))
+    counts = np.empty(len(grouped))
+    low = []
+    for k, (rows, members) in enumerate(grouped):
+        Xa = np.asarray(features[union[rows]], dtype=np.float64)
+        centres[k] = Xa.mean(0)
+        Xa -= centres[k]
+        within[k] = np.einsum("rd,rd->d", Xa, Xa)
+        counts[k] = len(rows)
+        membership[members, k] = 1.0
+        low.append((Xa.astype(dtype), centres[k], members, t_union[rows]))
+    reference = centres.mean(0)  # keeps the between-atom sums well conditioned
+    shifted = centres - reference
+    mean_all = membership @ (counts[:, None] * shifted) / n_p[:, None]
+    between = membership @ (counts[:, None] * shifted**2) / n_p[:, None] - mean_all**2
+    scale_all = np.sqrt(np.maximum(membership @ within / n_p[:, None] + between, 0.0))
+    mean_all += reference
     # scikit-learn's StandardScaler leaves (near-)constant features unscaled
-    tiny = scale_all < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean_all + origin), 1.0)
+    tiny = scale_all < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean_all), 1.0)
     scale_all[tiny] = 1.0
 
     v_all = np.zeros((nb, d + 1))  # [w, b] per problem, standardised space
     g_all = np.zeros((nb, d + 1))
     n_iter = np.zeros(nb, dtype=np.int64)
     threshold_all = tol * C * n_p
-    low = [(rows.astype(dtype), centre, members, t) for rows, centre, members, t in atoms]
-    _lbfgs(
-        np.arange(nb),
-        low,
-        v_all,
-        g_all,
-        n_iter,
-        mean_all,
-        scale_all,
-        threshold_all,
-        w_pos,
-        w_neg,
-        C,
-        max_iter,
-        history,
-    )
+    state = (v_all, g_all, n_iter, mean_all, scale_all, threshold_all, w_pos, w_neg, C, max_iter, history)
+    _lbfgs(np.arange(nb), low, *state)
     pending = np.flatnonzero(np.abs(g_all).max(1) > threshold_all)
     if len(pending) and np.dtype(dtype) != np.float64:
         # the few problems float32 cannot resolve to ``tol`` are finished in float64 from where they stopped
-        _lbfgs(
-            pending,
-            atoms,
-            v_all,
-            g_all,
-            n_iter,
-            mean_all,
-            scale_all,
-            threshold_all,
-            w_pos,
-            w_neg,
-            C,
-            max_iter,
-            history,
-        )
+        exact = [
+            (np.asarray(features[union[rows]], dtype=np.float64) - centre, centre, members, t)
+            for (rows, _), (_, centre, members, t) in zip(grouped, low, strict=True)
+        ]
+        _lbfgs(pending, exact, *state)
     return BatchedLogisticFit(
         coef=v_all[:, :d],
         intercept=v_all[:, d].copy(),
-        mean=mean_all + origin,
+        mean=mean_all,
         scale=scale_all,
         n_iter=n_iter,
         converged=np.abs(g_all).max(1) <= threshold_all,

@@ -248,12 +248,14 @@ def plan_languages(
             plan = LanguagePlan(language=lang, test_rows=test_rows, trials=lang_trials)
             stage = f"too little training data for 2N={2 * n}"
             for s in seeds_:
+                # both samplers return a prefix of one seeded order, so the N subset is the head of the 2N
+                # one (balanced_subset interleaves classes: its first N * classes rows are N per class)
                 if label_col is not None:
                     big = balanced_subset(train_pool, label_col, 2 * n, seed=s, classes=classes)
-                    small = balanced_subset(train_pool, label_col, n, seed=s, classes=classes)
+                    small = big.head(n * big[label_col].n_unique())
                 else:
                     big = speaker_subset(train_pool, 2 * n, seed=s)
-                    small = speaker_subset(train_pool, n, seed=s)
+                    small = big.head(n)
                 plan.rows_2n[s] = big[ROW].to_numpy()
                 plan.rows_n[s] = small[ROW].to_numpy()
             plans[lang] = plan
