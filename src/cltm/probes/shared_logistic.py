@@ -65,6 +65,16 @@ class _Layout:
         self.sign = 2 * self.target - 1
         self.weight = C * np.where(self.target > 0, w_pos[self.problem_of], w_neg[self.problem_of])
 
+    def keep(self, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """``values`` of this layout restricted to the problems ``keep`` (a mask over its working set), in
+        the layout that ``_Layout`` builds for them (same atoms, same order): no product with the data."""
+        parts = []
+        for members, span in zip(self.problems, self.spans, strict=True):
+            cols = keep[members]
+            if cols.any():
+                parts.append(values[span].reshape(-1, len(members))[:, cols].ravel())
+        return np.concatenate(parts)
+
     def per_problem(self, values: np.ndarray) -> np.ndarray:
         return np.bincount(self.problem_of, weights=values, minlength=self.nb)
 
@@ -182,13 +192,13 @@ def _lbfgs(
         if done.any():  # retire finished problems; rebuild the products once enough of them have finished
             v_all[ids[done]], g_all[ids[done]] = v[done], g[done]
             keep = ~done
-            if keep.sum() <= 0.85 * len(ids) or not keep.any():
+            if keep.sum() <= 0.75 * len(ids) or not keep.any():
                 ids, v, g, f, threshold = ids[keep], v[keep], g[keep], f[keep], threshold[keep]
                 S, Y, rho = [s[keep] for s in S], [y_[keep] for y_ in Y], [r[keep] for r in rho]
                 if not len(ids):
                     break
+                M = lay.keep(M, keep)
                 lay, mean, scale = working(ids)
-                M = margins_of(v)
                 done = np.zeros(len(ids), dtype=bool)
         active = ~done
         # two-loop recursion, vectorised over problems
