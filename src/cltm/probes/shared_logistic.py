@@ -108,15 +108,16 @@ class _Layout:
 
 
 def _atoms_of(union_pos: list[np.ndarray], n_union: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group union positions by the exact set of problems containing them -> [(positions, problems)]."""
+    """Group union positions by the exact set of problems containing them -> [(positions, problems)], in
+    order of first appearance."""
     membership = np.zeros((n_union, len(union_pos)), dtype=bool)
-    for k, pos in enumerate(union_pos):
-        membership[pos, k] = True
+    owner = np.repeat(np.arange(len(union_pos)), [len(p) for p in union_pos])
+    membership[np.concatenate(union_pos), owner] = True
     signature = np.packbits(membership, axis=1)
-    _, first, which = np.unique(signature, axis=0, return_index=True, return_inverse=True)
-    which = which.ravel()
-    order = np.argsort(first, kind="stable")  # atoms in order of first appearance: deterministic layout
-    return [(np.flatnonzero(which == a), np.flatnonzero(membership[first[a]])) for a in order]
+    atom_of: dict[bytes, int] = {}
+    which = np.array([atom_of.setdefault(row.tobytes(), len(atom_of)) for row in signature])
+    first = np.unique(which, return_index=True)[1]
+    return [(np.flatnonzero(which == a), np.flatnonzero(membership[first[a]])) for a in range(len(atom_of))]
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -137,9 +138,10 @@ def _check_subsets(labels: np.ndarray, subsets: list[np.ndarray]) -> None:
     rows = np.concatenate(subsets)
     if len(rows) and (rows.min() < 0 or rows.max() >= len(labels)):
         raise ValueError(f"row indices must lie in [0, {len(labels)}); got {rows.min()}..{rows.max()}")
-    pairs = np.unique(owner * len(labels) + rows)
-    if len(pairs) != len(rows):
-        k = int(np.flatnonzero(np.bincount(pairs // len(labels), minlength=len(subsets)) != sizes)[0])
+    pairs = np.sort(owner * len(labels) + rows)  # a sort: np.unique is slow on wide-ranging integers
+    repeated = pairs[1:] == pairs[:-1]
+    if repeated.any():
+        k = int(pairs[1:][repeated][0] // len(labels))
         raise ValueError(f"problem {k}: its rows are not distinct; pass each training row once")
     y = labels[rows]
     binary = (y == 0) | (y == 1)
@@ -273,7 +275,7 @@ def fit_logistic_shared(
     class_weight: str | None = "balanced",
     max_iter: int = 1000,
     tol: float = 1e-4,
-    history: int = 10,
+    history: int = 5,
     dtype: type = np.float32,
 ) -> BatchedLogisticFit:
     """Fit one standardised L2 logistic regression per index array in ``subsets`` over ``features`` [N, d].
@@ -302,8 +304,11 @@ def fit_logistic_shared(
     subsets = [np.asarray(s, dtype=np.int64) for s in subsets]
     _check_subsets(labels, subsets)
 
-    union, inverse = np.unique(np.concatenate(subsets), return_inverse=True)
-    union_pos = np.split(inverse, np.cumsum([len(s) for s in subsets])[:-1])
+    all_rows = np.concatenate(subsets)
+    union = np.flatnonzero(np.bincount(all_rows, minlength=len(labels)))
+    position = np.zeros(len(labels), dtype=np.int64)
+    position[union] = np.arange(len(union))
+    union_pos = np.split(position[all_rows], np.cumsum([len(s) for s in subsets])[:-1])
     t_union = labels[union].astype(np.float64)
     nb, d = len(subsets), features.shape[1]
     n_p = np.array([len(s) for s in subsets], dtype=np.float64)
