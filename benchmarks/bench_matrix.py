@@ -155,7 +155,8 @@ def bench_scale(args) -> None:
         full = t * 13 * 10 / (layers * seeds)
         print(
             f"[scale] 54 languages, gender, N=60/class, dim 768: {measured} -> 13 layers x 10 seeds "
-            f"~ {full:.0f} s extrapolated (sampling, done once per sweep, is counted {13 * 10 // (layers * seeds)}x)"
+            f"~ {full:.0f} s extrapolated (sampling, done once per sweep, counted "
+            f"{13 * 10 // (layers * seeds)}x)"
         )
 
 
