@@ -235,9 +235,9 @@ def test_bad_costs_raise():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 1), st.integers(-3, 3).map(float)), min_size=2, max_size=30
-    ).filter(lambda pairs: len({p[0] for p in pairs}) == 2)
+    st.lists(st.tuples(st.integers(0, 1), st.integers(-3, 3).map(float)), min_size=2, max_size=30).filter(
+        lambda pairs: len({p[0] for p in pairs}) == 2
+    )
 )
 def test_hypothesis_edge_cases_against_reference(pairs):
     y = np.array([p[0] for p in pairs])

@@ -9,8 +9,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cltm.probes import fit_logistic_shared
-from cltm.probes.metrics import classification_metrics
-from cltm.transfer.evaluators import _binary_scores_by_column
+from cltm.probes.metrics import binary_metrics_by_column, classification_metrics
 
 
 def sklearn_exact(X, y, C, class_weight="balanced"):
@@ -126,20 +125,20 @@ def test_bad_input_is_named():
         fit_logistic_shared(X, y, [blocks[0]], C=0)
 
 
-def test_binary_scores_by_column_equal_classification_metrics():
+def test_binary_metrics_by_column_equal_classification_metrics():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 50)
     decision = rng.normal(size=(50, 30))
     decision[:, 0] = 1.0  # predicts only class 1
     decision[:, 1] = -1.0  # only class 0
     decision[:, 2] = np.where(y == 1, 1.0, -1.0)  # perfect
-    got = _binary_scores_by_column(y, decision)
+    got = binary_metrics_by_column(y, decision > 0)
     for k in range(decision.shape[1]):
         ref = classification_metrics(y, (decision[:, k] > 0).astype(int))
         assert got[k]["f1"] == pytest.approx(ref["f1"], abs=1e-12)
         assert got[k]["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
     only_zeros = np.zeros(20, dtype=int)  # a test set with one class: F1 over the classes present
-    got = _binary_scores_by_column(only_zeros, decision[:20])
+    got = binary_metrics_by_column(only_zeros, decision[:20] > 0)
     for k in range(decision.shape[1]):
         ref = classification_metrics(only_zeros, (decision[:20, k] > 0).astype(int))
         assert got[k]["f1"] == pytest.approx(ref["f1"], abs=1e-12)

@@ -87,7 +87,10 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         assert old in readme_code, f"README no longer contains {old!r}: update this test's substitutions"
 
     corpus_dir = synthesize_corpus(
-        tmp_path / "synth", languages=list(LOCALES.values()), speakers_per_gender=3, utts_per_speaker=8,
+        tmp_path / "synth",
+        languages=list(LOCALES.values()),
+        speakers_per_gender=3,
+        utts_per_speaker=8,
         progress=False,
     ).parent
     _fake_common_voice(tmp_path / "cv-corpus-20.0", corpus_dir)

@@ -160,9 +160,7 @@ def run_demo(
         cache = Cache.open(cache_path)
         for task, n in (("gender", size.gender_n), ("speaker", size.speaker_n)):
             _say(log, f"[4/5] CLTM: {task} on {name}, {cache.n_layers} layer(s), N={n}, {size.seeds} seeds")
-            results.append(
-                run_matrix(cache, task=task, n=n, seeds=size.seeds, model=name, progress=progress)
-            )
+            results.append(run_matrix(cache, task=task, n=n, seeds=size.seeds, model=name, progress=progress))
     results_dir = write_results(
         out / "results",
         pl.concat([r.runs for r in results], how="diagonal_relaxed"),

@@ -227,8 +227,11 @@ class PLDA(_Backend):
             cov_sum_n = (post_cov * (np.bincount(count_index, weights=counts))[:, None]).sum(0)
             between_d = (np.diag(cov_sum) + y_hat.T @ y_hat) / len(counts)
             within_d = (
-                V.T @ S @ V - g.T @ y_hat - y_hat.T @ g
-                + np.diag(cov_sum_n) + (y_hat * counts[:, None]).T @ y_hat
+                V.T @ S @ V
+                - g.T @ y_hat
+                - y_hat.T @ g
+                + np.diag(cov_sum_n)
+                + (y_hat * counts[:, None]).T @ y_hat
             ) / n
             back = within @ V  # = V^{-T}
             between = _shrink(back @ between_d @ back.T, self.reg)
@@ -251,8 +254,11 @@ class PLDA(_Backend):
         return (A * B) @ self.cross_ - (A * A + B * B) @ self.self_ + self.const_
 
     def _matrix_scores(self, A, B):
-        return (A * self.cross_) @ B.T - ((A * A) @ self.self_)[:, None] - ((B * B) @ self.self_)[None, :] + (
-            self.const_
+        return (
+            (A * self.cross_) @ B.T
+            - ((A * A) @ self.self_)[:, None]
+            - ((B * B) @ self.self_)[None, :]
+            + (self.const_)
         )
 
 

@@ -73,6 +73,7 @@ class BatchedLogisticFit:
 
 def _standardise(X: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch  # imported here: importing cltm.probes stays light for sweep workers
+
     m = mask.to(X.dtype).unsqueeze(-1)
     count = m.sum(1)
     mean = (X * m).sum(1) / count
@@ -88,15 +89,23 @@ def _standardise(X: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def _log1pexp(x: torch.Tensor) -> torch.Tensor:
     import torch  # imported here: importing cltm.probes stays light for sweep workers
+
     return torch.nn.functional.softplus(x)
 
 
 def _newton_kernel(
-    K: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, C: float, max_iter: int, tol: float,
-    alpha0: torch.Tensor | None = None, b0: torch.Tensor | None = None,
+    K: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    C: float,
+    max_iter: int,
+    tol: float,
+    alpha0: torch.Tensor | None = None,
+    b0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Newton on w = Z^T alpha for every problem; K [b, n, n], target/weight [b, n] (weight 0 = padding)."""
     import torch  # imported here: importing cltm.probes stays light for sweep workers
+
     nb, n, _ = K.shape
     dtype = K.dtype
     sign = 2 * target - 1  # +1 / -1
@@ -131,7 +140,9 @@ def _newton_kernel(
         Ktq = torch.bmm(Kt, q.unsqueeze(-1)).squeeze(-1)
         qKtq = (q * Ktq).sum(-1, keepdim=True)
         PKtP = (
-            Kt - q.unsqueeze(-1) * Ktq.unsqueeze(-2) - Ktq.unsqueeze(-1) * q.unsqueeze(-2)
+            Kt
+            - q.unsqueeze(-1) * Ktq.unsqueeze(-2)
+            - Ktq.unsqueeze(-1) * q.unsqueeze(-2)
             + (qKtq.unsqueeze(-1) * q.unsqueeze(-1) * q.unsqueeze(-2))
         )
         M = PKtP + eye
@@ -228,6 +239,7 @@ def fit_logistic_batched(
     standardised space plus the standardisation (see :class:`BatchedLogisticFit`).
     """
     import torch  # imported here: importing cltm.probes stays light for sweep workers
+
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
     if class_weight not in ("balanced", None):

@@ -193,10 +193,17 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
             torch.manual_seed(self.seed)
             self.model_ = self._build(Xs, len(self.classes_))
             self.n_epochs_, self.best_validation_loss_ = _train_torch(
-                self.model_, Xs, codes, len(self.classes_),
-                lr=self.lr, weight_decay=self.weight_decay, max_epochs=self.max_epochs,
-                batch_size=self.batch_size, validation_fraction=self.validation_fraction,
-                patience=self.patience, seed=self.seed,
+                self.model_,
+                Xs,
+                codes,
+                len(self.classes_),
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                max_epochs=self.max_epochs,
+                batch_size=self.batch_size,
+                validation_fraction=self.validation_fraction,
+                patience=self.patience,
+                seed=self.seed,
             )
         self.model_.eval()
         return self

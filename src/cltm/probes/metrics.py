@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "DetectionCounts",
     "accuracy",
+    "binary_metrics_by_column",
     "classification_metrics",
     "det_curve",
     "detection_counts",
@@ -339,3 +340,31 @@ def classification_metrics(y_true, y_pred) -> dict[str, float]:
         "accuracy": float(tp.sum() / cm.sum()),
         "uar": float(np.mean(tp[present] / support[present])),
     }
+
+
+def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
+    """``f1`` (macro) and ``accuracy`` of many binary classifiers on one test set at once.
+
+    ``y_true`` [m] holds 0/1; ``predicted`` [m, k] holds each classifier's predictions (bool or 0/1), one
+    column per classifier.
+    Same definitions as :func:`classification_metrics` (macro-F1 over the classes present in the truth or the
+    predictions), without a confusion matrix per column: the CLTM sweep scores ~20 models per test set.
+    """
+    truth = (np.asarray(y_true) == 1)[:, None]
+    pred = np.asarray(predicted).astype(bool)
+    if pred.ndim != 2 or len(pred) != len(truth):
+        raise ValueError(f"predicted must be [{len(truth)}, k], got shape {pred.shape}")
+    tp = (pred & truth).sum(0)
+    tn = (~pred & ~truth).sum(0)
+    fp = (pred & ~truth).sum(0)
+    fn = (~pred & truth).sum(0)
+    out = []
+    for k in range(pred.shape[1]):
+        # per class: 2 TP / (2 TP + FP + FN); a class absent from truth and predictions does not count
+        per_class = [
+            2 * c / (2 * c + a + b)
+            for c, a, b in ((tn[k], fn[k], fp[k]), (tp[k], fp[k], fn[k]))
+            if 2 * c + a + b
+        ]
+        out.append({"f1": float(np.mean(per_class)), "accuracy": float((tp[k] + tn[k]) / len(truth))})
+    return out

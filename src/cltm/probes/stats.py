@@ -122,9 +122,7 @@ class SpeakerStats:
         A = np.asarray(A, dtype=np.float64)
         shift = np.zeros(self.dim) if shift is None else np.asarray(shift, dtype=np.float64)
         total = self.sums.sum(0)
-        outer = (
-            self.outer - np.outer(shift, total) - np.outer(total, shift) + self.n * np.outer(shift, shift)
-        )
+        outer = self.outer - np.outer(shift, total) - np.outer(total, shift) + self.n * np.outer(shift, shift)
         sums = self.sums - np.outer(self.counts, shift)
         return SpeakerStats(self.speakers, self.counts, sums @ A.T, A @ outer @ A.T, self.length_norm)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cltm.probes.metrics import classification_metrics, verification_metrics
+from cltm.probes.metrics import binary_metrics_by_column, classification_metrics, verification_metrics
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,29 +172,6 @@ def _logistic_estimator(options: dict):
         )
 
 
-def _binary_scores_by_column(y_true: np.ndarray, decision: np.ndarray) -> list[dict[str, float]]:
-    """Macro-F1 and accuracy of every column of ``decision`` [m, k] (predict 1 where > 0) against 0/1 labels.
-
-    The same definitions as ``classification_metrics`` (classes = union of true and predicted), computed for
-    all k models at once; the tests check it against that function.
-    """
-    pred = decision > 0
-    truth = (y_true == 1)[:, None]
-    tp = (pred & truth).sum(0).astype(np.float64)  # class 1 correct
-    tn = (~pred & ~truth).sum(0).astype(np.float64)  # class 0 correct
-    fp = (pred & ~truth).sum(0).astype(np.float64)
-    fn = (~pred & truth).sum(0).astype(np.float64)
-    out = []
-    for k in range(decision.shape[1]):
-        f1s = []
-        for correct, wrong_as, missed in ((tn[k], fn[k], fp[k]), (tp[k], fp[k], fn[k])):
-            denom = 2 * correct + wrong_as + missed
-            if denom > 0:  # the class occurs in the truth or the predictions
-                f1s.append(2 * correct / denom)
-        out.append({"f1": float(np.mean(f1s)), "accuracy": float((tp[k] + tn[k]) / len(y_true))})
-    return out
-
-
 LOGISTIC_SOLVERS = ("shared", "sklearn", "batched")
 
 
@@ -235,7 +212,7 @@ def logistic_fast(
         for g, ids in zip(groups, which, strict=True):
             distinct = sorted(set(ids))
             decision = np.asarray(X[g.test_rows], np.float64) @ coef[distinct].T + intercept[distinct]
-            scores = dict(zip(distinct, _binary_scores_by_column(y[g.test_rows], decision), strict=True))
+            scores = dict(zip(distinct, binary_metrics_by_column(y[g.test_rows], decision > 0), strict=True))
             out.append([dict(scores[k]) for k in ids])
         return out
 
