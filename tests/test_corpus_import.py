@@ -443,21 +443,41 @@ def test_hf_datasets_import_when_datasets_is_installed(tmp_path):
     }
     full = datasets.Dataset.from_dict(table).cast_column("file", datasets.Audio())
     splits = datasets.DatasetDict({"train": full.select([2, 0]), "validation": full.select([1])})
-    splits.save_to_disk(str(tmp_path / "dataset"))
-    df = import_hf_dataset(
-        tmp_path / "dataset", mapping="path=file,speaker=spk,gender=sex,utt_id=id", language="sw"
-    )
+    # in memory the Audio column holds the files' paths: kept as they are
+    df = import_hf_dataset(splits, mapping="path=file,speaker=spk,gender=sex,utt_id=id", language="sw")
     assert df.select("utt_id", "path", "speaker", "gender", "language", "split").rows() == [
         ("c", paths[2], "x", None, "sw", "train"),
         ("a", paths[0], "x", "female", "sw", "train"),
         ("b", paths[1], "y", "male", "sw", "dev"),  # validation -> dev
     ]
+    # save_to_disk embeds the audio bytes (the path keeps only the file name): written out to audio_dir
+    splits.save_to_disk(str(tmp_path / "dataset"))
+    with pytest.raises(CorpusImportError, match=r"embedded bytes.*--audio-dir"):
+        import_hf_dataset(tmp_path / "dataset", mapping="path=file,utt_id=id", language="sw")
+    out_dir = tmp_path / "extracted"
+    df = import_hf_dataset(
+        tmp_path / "dataset",
+        mapping="path=file,speaker=spk,gender=sex,utt_id=id",
+        language="sw",
+        audio_dir=out_dir,
+    )
+    assert df["utt_id"].to_list() == ["c", "a", "b"] and df["split"].to_list() == ["train", "train", "dev"]
+    for written, original in zip(df["path"].to_list(), [paths[2], paths[0], paths[1]], strict=True):
+        assert written.startswith(str(out_dir)) and written.endswith(Path(original).name)
+        assert Path(written).read_bytes() == Path(original).read_bytes()
+    first = Path(df["path"][0]).stat().st_mtime_ns
+    import_hf_dataset(tmp_path / "dataset", mapping="path=file,utt_id=id", language="sw", audio_dir=out_dir)
+    assert Path(df["path"][0]).stat().st_mtime_ns == first  # re-import reuses the files
     only_dev = import_hf_dataset(
-        tmp_path / "dataset", mapping="path=file,utt_id=id", language="sw", split="validation"
+        tmp_path / "dataset",
+        mapping="path=file,utt_id=id",
+        language="sw",
+        split="validation",
+        audio_dir=out_dir,
     )
     assert only_dev["utt_id"].to_list() == ["b"]
     with pytest.raises(CorpusImportError, match="available: file, spk, sex, id"):
-        import_hf_dataset(tmp_path / "dataset", mapping="path=audio", language="sw")
+        import_hf_dataset(tmp_path / "dataset", mapping="path=audio", language="sw", audio_dir=out_dir)
 
 
 @pytest.mark.parametrize(

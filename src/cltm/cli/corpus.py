@@ -282,13 +282,21 @@ def import_hf_command(
     language: str = typer.Option(None, "--language", help="Language code when the dataset has none."),
     split: str = typer.Option(None, "--split", help="One split of a DatasetDict (default: all of them)."),
     config: str = typer.Option(None, "--config", help="Dataset configuration name (for load_dataset)."),
+    audio_dir: Path = typer.Option(
+        None,
+        "--audio-dir",
+        help="Where to write audio the dataset embeds as bytes (save_to_disk output, Hub Parquet); "
+        "needed only then. Files already there are reused.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the one-line summary."),
 ) -> None:
-    """Import a Hugging Face `datasets` dataset whose audio column holds file paths (cltm\\[datasets])."""
+    """Import a Hugging Face `datasets` dataset (cltm\\[datasets]); embedded audio goes to --audio-dir."""
     from cltm.corpus.importers import import_hf_dataset
 
     _run_import(
-        lambda: import_hf_dataset(dataset, mapping=mapping, language=language, split=split, config=config),
+        lambda: import_hf_dataset(
+            dataset, mapping=mapping, language=language, split=split, config=config, audio_dir=audio_dir
+        ),
         out,
         durations=False,
         check_files=False,

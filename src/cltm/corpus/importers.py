@@ -470,33 +470,76 @@ def import_lhotse(
     return _finish(resolve_paths(pl.DataFrame(rows, infer_schema_length=None), base), recordings)
 
 
+def _audio_paths(audio: pl.Series, audio_dir: Path | None, split_name: str | None, source: str) -> pl.Series:
+    """File paths for a ``datasets`` Audio column read with ``decode=False`` ({path, bytes} structs).
+
+    A local file at ``path`` is used as it is. Audio embedded as bytes (what ``save_to_disk`` and Hub
+    Parquet files hold; their ``path`` is then only the original file name) is written to ``audio_dir`` once,
+    under a name that keeps the row order and the original extension (the decoders sniff the format anyway).
+    """
+    paths = audio.struct.field("path").to_list()
+    data = audio.struct.field("bytes").to_list() if "bytes" in audio.struct.fields else [None] * len(paths)
+    out: list[str | None] = []
+    embedded = [
+        i for i, (p, b) in enumerate(zip(paths, data, strict=True)) if b and not (p and Path(p).is_file())
+    ]
+    if embedded and audio_dir is None:
+        i = embedded[0]
+        raise CorpusImportError(
+            f"{source}: {len(embedded)} row(s) hold their audio as embedded bytes, not as files "
+            f"(row {i}: {paths[i]!r}); pass audio_dir (CLI: --audio-dir DIR) to write them out as files"
+        )
+    folder = (audio_dir / (split_name or "all")) if audio_dir is not None else None
+    todo = set(embedded)
+    for i, (path, blob) in enumerate(zip(paths, data, strict=True)):
+        if i not in todo:
+            out.append(path)
+            continue
+        name = Path(path).name if path else "audio"
+        target = folder / f"{i:07d}_{name}"
+        if not (target.is_file() and target.stat().st_size == len(blob)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+        out.append(str(target))
+    return pl.Series(audio.name, out, dtype=pl.String)
+
+
 @register_importer("hf")
 def import_hf_dataset(
-    name_or_path: str | os.PathLike[str],
+    name_or_path: Any,
     *,
     mapping: Mapping[str, str] | str | None = None,
     language: str | None = None,
     split: str | None = None,
     config: str | None = None,
+    audio_dir: str | os.PathLike[str] | None = None,
 ) -> pl.DataFrame:
-    """Import a Hugging Face ``datasets`` dataset saved to disk or cached locally (needs ``cltm[datasets]``).
+    """Import a Hugging Face ``datasets`` dataset (needs ``cltm[datasets]``).
 
-    The audio column must hold file paths (``cast_column(..., Audio(decode=False))`` gives ``{"path": ...}``);
-    ``mapping`` renames columns as for :func:`import_table`. ``split`` picks one split of a DatasetDict and
-    also fills the manifest's ``split`` column when it is train/dev/test (``validation`` becomes ``dev``).
+    ``name_or_path``: a directory written by ``save_to_disk``, a locally cached dataset name, or a
+    ``Dataset`` / ``DatasetDict`` object. The audio column (the first ``Audio`` feature) becomes file paths:
+    paths to local files are kept; audio embedded as bytes (``save_to_disk`` output, Hub Parquet) is written
+    once to ``audio_dir`` (required then; re-imports reuse the files). ``mapping`` renames columns as for
+    :func:`import_table`. ``split`` picks one split of a DatasetDict and also fills the manifest's ``split``
+    column when it is train/dev/test (``validation`` becomes ``dev``).
     """
     datasets = _require("datasets", "datasets")
-    source = Path(name_or_path)
-    loaded = (
-        datasets.load_from_disk(str(source))
-        if source.exists()
-        else datasets.load_dataset(str(name_or_path), config)
-    )
+    if isinstance(name_or_path, datasets.Dataset | datasets.DatasetDict):
+        loaded, label = name_or_path, type(name_or_path).__name__
+    else:
+        source = Path(name_or_path)
+        label = str(name_or_path)
+        loaded = (
+            datasets.load_from_disk(str(source))
+            if source.exists()
+            else datasets.load_dataset(str(name_or_path), config)
+        )
+    audio_folder = Path(audio_dir) if audio_dir is not None else None
     if isinstance(loaded, datasets.DatasetDict):
         names = [split] if split else list(loaded)
         unknown = [n for n in names if n not in loaded]
         if unknown:
-            raise CorpusImportError(f"{name_or_path}: no split {unknown[0]!r}; splits: {', '.join(loaded)}")
+            raise CorpusImportError(f"{label}: no split {unknown[0]!r}; splits: {', '.join(loaded)}")
         parts = [(n, loaded[n]) for n in names]
     else:
         parts = [(split, loaded)]
@@ -509,7 +552,7 @@ def import_hf_dataset(
             dataset.with_format("arrow")[:]
         )  # [:] honours an indices mapping (select/shuffle)
         if audio_columns and frame.schema[audio_columns[0]] == pl.Struct:
-            frame = frame.with_columns(pl.col(audio_columns[0]).struct.field("path").alias(audio_columns[0]))
+            frame = frame.with_columns(_audio_paths(frame[audio_columns[0]], audio_folder, split_name, label))
         manifest_split = {"validation": "dev"}.get(split_name or "", split_name)
         if manifest_split in SPLIT_VALUES and "split" not in frame.columns:
             frame = frame.with_columns(split=pl.lit(manifest_split))
@@ -519,14 +562,14 @@ def import_hf_dataset(
     absent = {t: s for t, s in mapping.items() if s not in table.columns}
     if absent:
         raise CorpusImportError(
-            f"{name_or_path}: mapping names column(s) {', '.join(absent.values())} not in the dataset; "
+            f"{label}: mapping names column(s) {', '.join(absent.values())} not in the dataset; "
             f"available: {', '.join(table.columns)}"
         )
     kept = [c for c in table.columns if c not in mapping and c not in mapping.values()]
     df = table.select(*(pl.col(s).alias(t) for t, s in mapping.items()), *kept)
     if language is not None and "language" not in df.columns:
         df = df.with_columns(language=pl.lit(language))
-    return _finish(df, name_or_path)
+    return _finish(df, label)
 
 
 # ----------------------------------------------------------------------------------------------------------
