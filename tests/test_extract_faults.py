@@ -111,6 +111,52 @@ def test_sigkill_never_corrupts_and_resume_equals_an_uninterrupted_run(tmp_path,
     _assert_same_cache(Cache.open(out), ref)
 
 
+_DIE_AFTER_TWO_JOURNALED_BATCHES = """
+import os
+import signal
+import cltm.extract.runner as runner
+
+_real = runner.write_journal
+written = []
+
+def write_then_die(*args, **kwargs):  # SIGKILL right after the 2nd batch is journaled, before any flush
+    written.append(_real(*args, **kwargs))
+    if len(written) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return written[-1]
+
+runner.write_journal = write_then_die
+runner.extract({manifest!r}, {model!r}, {out!r}, num_workers=0, progress=False, chunk_rows=3,
+               window_chunks=100, batch_seconds=1.5, flush_seconds=1e9)
+"""
+
+
+def test_a_kill_loses_only_the_batch_in_flight(tmp_path, setup):
+    """One window and no timed flush: nothing has reached the chunk files when the process dies, yet every
+    finished batch is kept (journal) and the resumed run does not recompute it."""
+    root, model, reference = setup
+    out = tmp_path / "journaled.zarr"
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(_DIE_AFTER_TWO_JOURNALED_BATCHES).format(
+            manifest=str(root / "manifest.parquet"), model=str(model), out=str(out)
+        )
+    )
+    proc = subprocess.run([sys.executable, str(script)], env=ENV, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    journal = sorted((out / "journal").rglob("*.npz"))
+    assert len(journal) == 2
+    assert int(Cache.open(out).done.sum()) == 0  # no flush happened: only the journal holds the work
+    journaled_rows = np.concatenate([np.load(p)["rows"] for p in journal])
+    summary = extract(root / "manifest.parquet", model, out, num_workers=0, progress=False)
+    assert summary.n_skipped == len(journaled_rows) > 0  # replayed, not recomputed
+    assert summary.n_done_now == N_UTTS - len(journaled_rows)
+    assert not list((out / "journal").rglob("*.npz"))
+    cache = Cache.open(out)
+    assert verify_cache(cache).ok
+    _assert_same_cache(cache, Cache.open(reference))
+
+
 def test_two_shards_in_two_processes_build_one_complete_cache(tmp_path, setup):
     root, model, reference = setup
     out = tmp_path / "sharded.zarr"

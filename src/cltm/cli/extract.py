@@ -65,7 +65,10 @@ def extract_command(
         False, "--trust-remote-code", help="Allow model code from the hub repository (off by default)."
     ),
     flush_seconds: float = typer.Option(
-        60.0, "--flush-seconds", help="Write finished rows at least this often (bounds work lost on a crash)."
+        60.0,
+        "--flush-seconds",
+        help="Write journaled rows into the cache chunks at least this often (a crash loses at most the "
+        "batch in flight either way: finished batches are journaled first).",
     ),
     chunk_rows: int = typer.Option(
         512, "--chunk-rows", help="Rows per cache chunk (new caches only); shards own whole chunks."

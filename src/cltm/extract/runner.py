@@ -12,14 +12,19 @@ How a run goes:
 4. The main thread runs the model (autocast on GPU) and pools every hidden state over valid frames only
    (frame counts from the model's own conv arithmetic); windows of one file are merged exactly (Chan's
    parallel mean/variance).
-5. A writer thread buffers finished rows and writes them when a window is complete or every
-   ``flush_seconds``: data first, ``done`` flags after. A SIGKILL loses at most the rows not yet flushed.
+5. Every finished batch is first saved to a small journal file (``CACHE/journal/<shard>/``, written to a
+   temporary name and renamed, so a file is complete or absent); a writer thread buffers the rows and writes
+   them into the cache when a window is complete or every ``flush_seconds`` (data first, ``done`` flags
+   after), then deletes the journal files it has covered. A run that finds journal files (a killed run)
+   writes them into the cache before it starts, so a SIGKILL loses at most the batch in flight, while the
+   chunk files are still written once per window.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -284,6 +289,7 @@ class _Writer(threading.Thread):
         self.n_frames: list[int] = []
         self.seconds: list[float] = []
         self.frames: dict[int, list[np.ndarray]] = {}
+        self.journal_files: list[Path] = []  # journal files whose rows are all in this buffer
         self._failures_dirty = False
 
     def put(self, item: Any) -> None:
@@ -313,6 +319,8 @@ class _Writer(threading.Thread):
                 elif kind == "fail":
                     self.failures.append(payload)
                     self._failures_dirty = True
+                elif kind == "journaled":
+                    self.journal_files.append(payload)
                 elif kind == "flush":
                     self._flush()
                     last = time.monotonic()
@@ -341,7 +349,68 @@ class _Writer(threading.Thread):
                 pl.DataFrame(self.failures, schema=dict.fromkeys(("utt_id", "stage", "error"), pl.Utf8)),
                 self.tag,
             )
+        for path in self.journal_files:  # their rows are in the cache now (a kill before this replays them)
+            path.unlink(missing_ok=True)
         self._reset()
+
+
+# ------------------------------------------------------------------------------------------------ journal
+def journal_dir(cache: Cache, tag: str) -> Path:
+    """Where shard ``tag`` journals finished batches until they reach the cache."""
+    return cache.path / "journal" / tag
+
+
+def write_journal(directory: Path, seq: int, results: list, pooling: Sequence[str], dtype: np.dtype) -> Path:
+    """Save one batch's finished rows atomically (temporary name, then rename); returns the file."""
+    arrays: dict[str, np.ndarray] = {
+        "rows": np.array([r[0] for r in results], dtype=np.int64),
+        "seconds": np.array([r[1] for r in results], dtype=np.float64),
+        "n_frames": np.array([r[3] for r in results], dtype=np.int64),
+    }
+    for stat in pooling:
+        arrays[f"pooled_{stat}"] = np.stack([r[2][stat] for r in results], axis=1).astype(dtype)  # [L, k, D]
+    for layer in results[0][4] if results else ():
+        pieces = [r[4][layer] for r in results]
+        arrays[f"frames_{layer}"] = np.concatenate(pieces)
+        arrays[f"frame_lengths_{layer}"] = np.array([len(f) for f in pieces], dtype=np.int64)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{seq:09d}.npz"
+    tmp = directory / f".{seq:09d}.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def replay_journal(cache: Cache, directory: Path, tag: str) -> int:
+    """Write the rows a killed run journaled but never flushed into the cache; returns how many rows.
+
+    Replaying is idempotent (a row rewritten with the same values), so a kill during replay is harmless.
+    """
+    n = 0
+    for path in sorted(directory.glob("*.npz")):
+        with np.load(path) as saved:
+            rows = saved["rows"]
+            frames = {
+                int(key.removeprefix("frames_")): np.split(
+                    saved[key], np.cumsum(saved[f"frame_lengths_{key.removeprefix('frames_')}"])[:-1]
+                )
+                for key in saved.files
+                if key.startswith("frames_")
+            }
+            cache.write_rows(
+                rows,
+                {stat: saved[f"pooled_{stat}"] for stat in cache.pooling},
+                saved["n_frames"],
+                seconds=saved["seconds"],
+                frames=frames or None,
+                writer=tag,
+            )
+        n += len(rows)
+        path.unlink()
+    for stray in directory.glob(".*.tmp"):  # a kill during a journal write: that batch was in flight
+        stray.unlink()
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -450,10 +519,14 @@ def extract(
     )
     n_rows = cache.n_rows
     owned = np.fromiter(iter_owned_rows(cache, (k, n)), dtype=np.int64)
-    done = cache.done
+    tag = f"shard-{k}-of-{n}"
+    journal = journal_dir(cache, tag)
     if force:  # a matching cache with --force: redo this shard's rows
+        shutil.rmtree(journal, ignore_errors=True)
         cache.reset_rows(owned)
-        done[owned] = False
+    elif journal.exists():
+        replay_journal(cache, journal, tag)
+    done = cache.done
     todo = owned[~done[owned]]
     n_skipped = int(len(owned) - len(todo))
     durations = header_durations(table, todo) if len(todo) else np.zeros(0)
@@ -462,7 +535,6 @@ def extract(
     )
     if max_batches is not None:
         plan = plan[:max_batches]
-    tag = f"shard-{k}-of-{n}"
     writer = _Writer(cache, tag, flush_seconds, cache.pooling)
     dev = _resolve_device(device)
     if num_workers is None:  # a GPU eats batches faster than 2 decoders deliver them (mp3 + resampling)
@@ -505,7 +577,7 @@ def extract(
     with _progress(progress, total_seconds, f"extract {tag}" if n > 1 else "extract") as advance:
         try:
             last_window = None
-            for (window, _), items in zip(plan, batches, strict=True):
+            for batch_index, ((window, _), items) in enumerate(zip(plan, batches, strict=True)):
                 if last_window is not None and window != last_window:
                     writer.put(("flush", None))  # a window is finished: its chunks are written once
                 last_window = window
@@ -525,10 +597,14 @@ def extract(
                     max_piece_samples,
                     fail,
                 )
+                if results:  # on disk before the writer sees it: a kill now loses only the next batch
+                    journaled = write_journal(journal, batch_index, results, cache.pooling, writer.dtype)
                 for row, seconds, stats, nf, frames in results:
                     writer.put(("row", (row, stats, nf, seconds, frames)))
                     seconds_done += seconds
                     n_done_now += 1
+                if results:
+                    writer.put(("journaled", journaled))
                 advance(sum(seconds_of[it["row"]] for it in items))
         finally:  # also on Ctrl-C: rows already computed are written before we stop
             writer.queue.put(None)
