@@ -148,6 +148,8 @@ def test_a_kill_loses_only_the_batch_in_flight(tmp_path, setup):
     assert len(journal) == 2
     assert int(Cache.open(out).done.sum()) == 0  # no flush happened: only the journal holds the work
     journaled_rows = np.concatenate([np.load(p)["rows"] for p in journal])
+    pending = verify_cache(Cache.open(out))
+    assert pending.ok and any("2 journaled batch(es)" in w for w in pending.warnings)
     summary = extract(root / "manifest.parquet", model, out, num_workers=0, progress=False)
     assert summary.n_skipped == len(journaled_rows) > 0  # replayed, not recomputed
     assert summary.n_done_now == N_UTTS - len(journaled_rows)

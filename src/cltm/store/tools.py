@@ -157,6 +157,13 @@ def verify_cache(cache: Cache) -> VerifyReport:
             f"{len(stray)} temporary file(s) left by an interrupted write (harmless, can be deleted): "
             + ", ".join(stray[:5])
         )
+    pending = sorted(cache.path.glob("journal/*/*.npz"))
+    if pending:
+        shards = sorted({p.parent.name for p in pending})
+        report.warnings.append(
+            f"{len(pending)} journaled batch(es) of an interrupted run not yet in the cache "
+            f"({', '.join(shards)}): re-running the same `cltm extract` writes them in before it goes on"
+        )
     return report
 
 
