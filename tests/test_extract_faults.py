@@ -68,6 +68,17 @@ runner.extract({manifest!r}, {model!r}, {out!r}, num_workers=0, progress=False, 
 """
 
 
+def _child_script(tmp_path: Path, template: str, root: Path, model, out: Path) -> Path:
+    """A child process script extracting the test corpus into ``out`` (what it patches is in ``template``)."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        textwrap.dedent(template).format(
+            manifest=str(root / "manifest.parquet"), model=str(model), out=str(out)
+        )
+    )
+    return script
+
+
 def _done_count(path: Path) -> int:
     try:
         return int(Cache.open(path).done.sum())
@@ -78,12 +89,7 @@ def _done_count(path: Path) -> int:
 def test_sigkill_never_corrupts_and_resume_equals_an_uninterrupted_run(tmp_path, setup):
     root, model, reference = setup
     out = tmp_path / "killed.zarr"
-    script = tmp_path / "child.py"
-    script.write_text(
-        textwrap.dedent(_SLOW_CHILD).format(
-            manifest=str(root / "manifest.parquet"), model=str(model), out=str(out)
-        )
-    )
+    script = _child_script(tmp_path, _SLOW_CHILD, root, model, out)
     ref = Cache.open(reference)
     proc = subprocess.Popen([sys.executable, str(script)], env=ENV)
     deadline = time.monotonic() + 120
@@ -136,12 +142,7 @@ def test_a_kill_loses_only_the_batch_in_flight(tmp_path, setup):
     finished batch is kept (journal) and the resumed run does not recompute it."""
     root, model, reference = setup
     out = tmp_path / "journaled.zarr"
-    script = tmp_path / "child.py"
-    script.write_text(
-        textwrap.dedent(_DIE_AFTER_TWO_JOURNALED_BATCHES).format(
-            manifest=str(root / "manifest.parquet"), model=str(model), out=str(out)
-        )
-    )
+    script = _child_script(tmp_path, _DIE_AFTER_TWO_JOURNALED_BATCHES, root, model, out)
     proc = subprocess.run([sys.executable, str(script)], env=ENV, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     journal = sorted((out / "journal").rglob("*.npz"))
