@@ -206,8 +206,12 @@ def matrix_command(
     ):
         if path is not None and not path.exists():
             raise _fail(f"{opt} {path}: no such file or directory")
-    if solver not in ("shared", "sklearn", "batched"):
-        raise typer.BadParameter(f"must be shared, sklearn or batched, not {solver!r}", param_hint="--solver")
+    from cltm.transfer.evaluators import LOGISTIC_SOLVERS
+
+    if solver not in LOGISTIC_SOLVERS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(LOGISTIC_SOLVERS)}, not {solver!r}", param_hint="--solver"
+        )
     if parallel not in ("joblib", "dask", "ray"):
         raise typer.BadParameter(f"must be joblib, dask or ray, not {parallel!r}", param_hint="--parallel")
     try:
