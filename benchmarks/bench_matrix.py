@@ -138,6 +138,30 @@ def bench_speaker(args) -> None:
         f"  ratio: {naive_t / ours_t:.1f}x;  max |dAUC| {diff.max():.2e}  "
         f"({ours.runs.height} runs, {ours.skipped.height} languages skipped)"
     )
+    print(identical_values_bound(ours.runs))
+
+
+def identical_values_bound(runs: pl.DataFrame) -> str:
+    """What any exact fast path must still do, as a ceiling on its speed-up over the naive loop.
+
+    Identical values mean every distinct training set still gets its own back-end (a fit), and every training
+    row still enters the statistics once (a d x d outer product, the same work per row as the naive loop's).
+    The naive loop fits one back-end per run and reads each run's rows. The ratio of either kind of work caps
+    the speed-up of that part; the whole can go no faster than the larger cap, and is near the fit cap when
+    fits dominate (PLDA: a PCA eigendecomposition plus EM per model).
+    """
+    per_pair = runs.filter((pl.col("layer") == runs["layer"][0]) & (pl.col("seed") == runs["seed"][0]))
+    n_lang = per_pair["target"].n_unique()
+    distinct_models = n_lang + n_lang + n_lang * (n_lang - 1) // 2  # N of l, 2N of l, each unordered pair
+    naive_rows = int(per_pair["n_train"].sum())
+    our_rows = int(per_pair.filter(pl.col("condition") == "self")["n_train"].sum())  # 2N rows per language
+    fit_cap = per_pair.height / distinct_models
+    row_cap = naive_rows / our_rows
+    return (
+        f"  ceiling for identical values, per (layer, seed): {per_pair.height} fits -> {distinct_models} "
+        f"distinct models (<= {fit_cap:.1f}x while fits dominate); {naive_rows:,} training-row passes -> "
+        f"{our_rows:,} (<= {row_cap:.0f}x even with a free fit)"
+    )
 
 
 def bench_scale(args) -> None:

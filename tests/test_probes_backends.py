@@ -143,6 +143,32 @@ def test_plda_em_matches_slow_reference():
     np.testing.assert_allclose(plda.within_, within, rtol=1e-7, atol=1e-10)
 
 
+def test_plda_fit_runs_blas_on_one_thread_and_restores_it(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import cltm.probes.backends as backends
+
+    def blas_threads():
+        return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    seen = []
+    em = backends.PLDA._fit_em
+
+    def recording_em(self, stats):
+        seen.append(blas_threads())
+        return em(self, stats)
+
+    monkeypatch.setattr(backends.PLDA, "_fit_em", recording_em)
+    X, spk = speakers_with_nuisance(11, n_spk=10, per_spk=3, dim=6)
+    before = blas_threads()
+    with backends._blas_controller().limit(limits=2, user_api="blas"):
+        outside = blas_threads()
+        PLDA(n_components=4).fit(X, spk)
+        assert blas_threads() == outside
+    assert seen == [{1}]
+    assert blas_threads() == before
+
+
 def test_plda_beats_cosine_with_planted_nuisance():
     X, spk = speakers_with_nuisance(7, n_spk=60, per_spk=6)
     T, tspk = speakers_with_nuisance(8, n_spk=30, per_spk=4)
