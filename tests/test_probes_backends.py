@@ -59,6 +59,41 @@ def test_stats_compose_by_addition():
     )
 
 
+def test_group_sums_are_bitwise_those_of_add_at():
+    from cltm.probes.stats import group_sums
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 7)) * 10.0 ** rng.integers(-8, 8, size=(500, 1))  # order of addition matters
+    inverse = rng.integers(0, 40, size=500)
+    inverse[inverse == 5] = 6  # an empty group stays zero
+    expected = np.zeros((41, 7))
+    np.add.at(expected, inverse, X)
+    assert np.array_equal(group_sums(X, inverse, 41), expected)
+    assert np.array_equal(group_sums(X[:0], inverse[:0], 3), np.zeros((3, 7)))
+
+
+def test_mean_only_statistics_compose_and_refuse_what_needs_second_moments():
+    X, spk = speakers_with_nuisance(4)
+    a, b = np.arange(0, 120), np.arange(120, 240)
+    full = SpeakerStats.from_data(X, spk)
+    means = SpeakerStats.from_data(X[a], spk[a], second_moments=False) + SpeakerStats.from_data(
+        X[b], spk[b], second_moments=False
+    )
+    assert means.outer is None and means.dim == X.shape[1]
+    np.testing.assert_allclose(means.mean, full.mean, rtol=1e-12)
+    np.testing.assert_allclose(means.between_scatter(), full.between_scatter(), rtol=1e-9)
+    assert CosineBackend().stats(X, spk).outer is None  # the cosine fit never builds the d x d sum
+    np.testing.assert_array_equal(CosineBackend.from_stats(means).mean_, CosineBackend.from_stats(full).mean_)
+    with pytest.raises(ValueError, match="second moments"):
+        PLDA.from_stats(SpeakerStats.from_data(X, spk, length_norm=True, second_moments=False))
+    with pytest.raises(ValueError, match="second moments"):
+        LDACosine.from_stats(means)
+    with pytest.raises(ValueError, match="second moments"):
+        means.total_scatter()
+    with pytest.raises(ValueError, match="with and without second moments"):
+        means + full
+
+
 def test_stats_scatters_match_direct_formulas():
     X, spk = speakers_with_nuisance(1, n_spk=7, per_spk=5, dim=6)
     st = SpeakerStats.from_data(X, spk)
@@ -204,6 +239,33 @@ def test_score_trials_streams_like_direct_scoring():
         np.testing.assert_allclose(backend.score_matrix(X[:5], X[5:9])[1, 2], backend.score(X[1], X[7])[0])
     with pytest.raises(ValueError, match="outside"):
         CosineBackend().fit(X, spk).score_trials(X, [0, len(X)], [1, 2])
+
+
+@pytest.mark.parametrize("offset", [5.0, 1e4])
+def test_scoring_many_models_at_once_equals_one_by_one(offset):
+    # offset 1e4: rows far from the origin, where |a - m|^2 from |a|^2 - 2 a.m + |m|^2 would cancel badly
+    X, spk = speakers_with_nuisance(12, offset=offset)
+    rng = np.random.default_rng(1)
+    e, t = rng.integers(0, len(X), 700), rng.integers(0, len(X), 700)
+    e[:3] = t[:3]  # a row against itself
+    parts = [rng.choice(len(X), 120, replace=False) for _ in range(4)]
+    for cls, params in (
+        (CosineBackend, {}),
+        (CosineBackend, {"center": False}),
+        (LDACosine, {"n_components": 6}),
+        (PLDA, {"n_components": 10}),
+    ):
+        models = [cls(**params).fit(X[r], spk[r]) for r in parts]
+        many = cls.score_trials_of_models(models, X, e, t, block_size=64)
+        assert many.shape == (700, 4)
+        for k, m in enumerate(models):
+            np.testing.assert_allclose(many[:, k], m.score_trials(X, e, t), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="outside"):
+        CosineBackend.score_trials_of_models(models[:0] + [CosineBackend().fit(X, spk)], X, [len(X)], [0])
+    with pytest.raises(ValueError, match="not fitted"):
+        CosineBackend.score_trials_of_models([CosineBackend()], X, [0], [1])
+    with pytest.raises(ValueError, match="dim"):
+        CosineBackend.score_trials_of_models([CosineBackend().fit(X, spk)], X[:, :3], [0], [1])
 
 
 def test_cosine_backend_is_centred_cosine():

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.linalg
 from sklearn.base import BaseEstimator, clone
 
-from cltm.probes.stats import SpeakerStats, length_normalise
+from cltm.probes.stats import SpeakerStats, group_sums, length_normalise
 
 __all__ = [
     "ASNorm",
@@ -45,9 +45,7 @@ def enrollment_vectors(X: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
     if len(groups) != len(X):
         raise ValueError(f"{len(X)} vectors but {len(groups)} group labels")
     ids, inverse = np.unique(groups, return_inverse=True)
-    sums = np.zeros((len(ids), X.shape[1]))
-    np.add.at(sums, inverse, X)
-    return ids, sums / np.bincount(inverse)[:, None]
+    return ids, group_sums(X, inverse, len(ids)) / np.bincount(inverse)[:, None]
 
 
 def _check_pairs(enroll: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +73,17 @@ def single_threaded_blas():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
+def _check_trial_index(n_rows: int, enroll_index, test_index) -> tuple[np.ndarray, np.ndarray]:
+    enroll_index = np.asarray(enroll_index, dtype=np.int64)
+    test_index = np.asarray(test_index, dtype=np.int64)
+    if enroll_index.shape != test_index.shape or enroll_index.ndim != 1:
+        raise ValueError("enroll_index and test_index must be 1-D arrays of the same length")
+    for name, idx in (("enroll_index", enroll_index), ("test_index", test_index)):
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_rows):
+            raise ValueError(f"{name} has rows outside 0..{n_rows - 1}")
+    return enroll_index, test_index
+
+
 def _shrink(S: np.ndarray, reg: float) -> np.ndarray:
     """(1 - reg) S + reg * (trace / d) I: keeps covariances invertible with few sessions per speaker."""
     d = len(S)
@@ -86,9 +95,11 @@ class _Backend(BaseEstimator):
     """Shared plumbing: subclasses implement ``_fit_stats``, ``transform`` and the two scoring kernels."""
 
     _length_norm_input = False
+    #: whether the fit needs the d x d outer-product sum (everything but the mean-only cosine)
+    needs_second_moments = True
 
     def fit(self, X: np.ndarray, speakers) -> _Backend:
-        return self._fit_stats(SpeakerStats.from_data(X, speakers, length_norm=self._length_norm_input))
+        return self._fit_stats(self.stats(X, speakers))
 
     @classmethod
     def from_stats(cls, stats: SpeakerStats, **params) -> _Backend:
@@ -99,11 +110,18 @@ class _Backend(BaseEstimator):
                 f"{cls.__name__}(...) expects statistics with length_norm={est._length_norm_input}; "
                 "build them with SpeakerStats.from_data(..., length_norm=...)"
             )
+        if est.needs_second_moments and stats.outer is None:
+            raise ValueError(
+                f"{cls.__name__} needs second moments: build the statistics with "
+                "SpeakerStats.from_data(..., second_moments=True)"
+            )
         return est._fit_stats(stats)
 
     def stats(self, X: np.ndarray, speakers) -> SpeakerStats:
         """The statistics this back-end would learn from (X, speakers): add them up, then ``from_stats``."""
-        return SpeakerStats.from_data(X, speakers, length_norm=self._length_norm_input)
+        return SpeakerStats.from_data(
+            X, speakers, length_norm=self._length_norm_input, second_moments=self.needs_second_moments
+        )
 
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
@@ -127,19 +145,22 @@ class _Backend(BaseEstimator):
 
         X is transformed once; memory is O(len(X) * dim + block_size * dim) however many trials there are.
         """
-        enroll_index = np.asarray(enroll_index, dtype=np.int64)
-        test_index = np.asarray(test_index, dtype=np.int64)
-        if enroll_index.shape != test_index.shape or enroll_index.ndim != 1:
-            raise ValueError("enroll_index and test_index must be 1-D arrays of the same length")
         U = self.transform(X)
-        for name, idx in (("enroll_index", enroll_index), ("test_index", test_index)):
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(U)):
-                raise ValueError(f"{name} has rows outside 0..{len(U) - 1}")
+        enroll_index, test_index = _check_trial_index(len(U), enroll_index, test_index)
         out = np.empty(len(enroll_index))
         for start in range(0, len(out), block_size):
             sl = slice(start, start + block_size)
             out[sl] = self._pair_scores(U[enroll_index[sl]], U[test_index[sl]])
         return out
+
+    @classmethod
+    def score_trials_of_models(
+        cls, models: Sequence[_Backend], X: np.ndarray, enroll_index, test_index, *, block_size: int = 65_536
+    ) -> np.ndarray:
+        """One trial list scored by several fitted back-ends of this class: [n_trials, n_models], column k
+        equal to ``models[k].score_trials(X, enroll_index, test_index)``. Subclasses share work across models
+        where their algebra allows (:class:`CosineBackend`)."""
+        return np.column_stack([m.score_trials(X, enroll_index, test_index) for m in models])
 
 
 class CosineBackend(_Backend):
@@ -147,6 +168,8 @@ class CosineBackend(_Backend):
 
     Cosine already length-normalises, so the only thing learnt from training data is the mean.
     """
+
+    needs_second_moments = False
 
     def __init__(self, center: bool = True):
         self.center = center
@@ -166,6 +189,43 @@ class CosineBackend(_Backend):
     def _matrix_scores(A, B):
         return A @ B.T
 
+    #: cos(a - m, b - m) depends on a model only through its mean m (false for subclasses that project)
+    _mean_only = True
+
+    @classmethod
+    def score_trials_of_models(
+        cls, models: Sequence[_Backend], X: np.ndarray, enroll_index, test_index, *, block_size: int = 65_536
+    ) -> np.ndarray:
+        """Centred cosine for many models at once: cos(a - m, b - m) from a.b, a.m, b.m and m.m.
+
+        The O(dim) work per trial (a.b) is done once for all models instead of once per model; per model
+        there is one product of the trial rows with its mean. Rows and means are first taken relative to the
+        means' centre, so |a - m|^2 = |a|^2 - 2 a.m + |m|^2 does not cancel. Equal to the per-model scores to
+        ~1e-15 relative.
+        """
+        if not cls._mean_only or not models:
+            return super().score_trials_of_models(models, X, enroll_index, test_index, block_size=block_size)
+        for model in models:
+            X = model._prepare(X)  # checks each is fitted and matches X's dim (float64: copied once at most)
+        enroll_index, test_index = _check_trial_index(len(X), enroll_index, test_index)
+        means = np.stack([m.mean_ for m in models])
+        centre = means.mean(0)
+        E, M = X - centre, means - centre
+        row_sq, mean_sq = np.einsum("ij,ij->i", E, E), np.einsum("ij,ij->i", M, M)
+        row_dot_mean = E @ M.T  # [rows, models]
+        out = np.empty((len(enroll_index), len(models)))
+        for start in range(0, len(out), block_size):
+            e, t = enroll_index[start : start + block_size], test_index[start : start + block_size]
+            pe, pt = row_dot_mean[e], row_dot_mean[t]
+            num = np.einsum("ij,ij->i", E[e], E[t])[:, None] - pe - pt + mean_sq
+            norms_sq = np.maximum(row_sq[e, None] - 2 * pe + mean_sq, 0) * np.maximum(
+                row_sq[t, None] - 2 * pt + mean_sq, 0
+            )
+            out[start : start + len(e)] = np.divide(
+                num, np.sqrt(norms_sq), out=np.zeros_like(num), where=norms_sq > 0
+            )
+        return out
+
 
 class LDACosine(CosineBackend):
     """Linear discriminant analysis (speakers as classes), then cosine in the LDA space.
@@ -173,6 +233,9 @@ class LDACosine(CosineBackend):
     Directions: the top ``n_components`` generalised eigenvectors of (between, within) scatter, the within
     scatter shrunk by ``reg`` so it stays invertible; at most n_speakers - 1 of them carry information.
     """
+
+    _mean_only = False
+    needs_second_moments = True
 
     def __init__(self, n_components: int = 150, reg: float = 1e-3):
         self.n_components = n_components

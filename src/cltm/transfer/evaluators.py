@@ -267,23 +267,25 @@ def _backend(name: str, options: dict):
     return getattr(probes, cls_name), params
 
 
-def _score_group(model, X: np.ndarray, trials: pl.DataFrame) -> dict[str, float]:
+def _trial_rows(trials: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the rows the trials use, enrol and test positions among them): only those rows get transformed."""
     enroll = trials["enroll_row"].to_numpy()
     test = trials["test_row"].to_numpy()
     rows, inverse = np.unique(np.concatenate([enroll, test]), return_inverse=True)
-    # transform only the rows the trials use, not the whole layer
-    scores = model.score_trials(X[rows], inverse[: len(enroll)], inverse[len(enroll) :])
-    return _verification_scores(trials["label"].to_numpy(), scores)
+    return rows, inverse[: len(enroll)], inverse[len(enroll) :]
+
+
+def _score_group(model, X: np.ndarray, trials: pl.DataFrame) -> dict[str, float]:
+    rows, enroll, test = _trial_rows(trials)
+    return _verification_scores(trials["label"].to_numpy(), model.score_trials(X[rows], enroll, test))
 
 
 def _verification_fast(name: str):
     def evaluate(X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], options: dict) -> list:
         """Statistics per language (N of l, and the other N of its 2N) computed once per (layer, seed) and
         added up per condition; one back-end per distinct training set; each target's trials scored once."""
-        from cltm.probes import SpeakerStats
-
         cls, params = _backend(name, options)
-        length_norm = cls(**params)._length_norm_input
+        backend = cls(**params)
         by_key: dict[tuple[str, ...], np.ndarray] = {}
         for g in groups:
             for p in g.problems:
@@ -291,7 +293,7 @@ def _verification_fast(name: str):
         block_stats: dict[tuple[str, str], object] = {}
 
         def stats_of(rows: np.ndarray):
-            return SpeakerStats.from_data(X[rows], speakers[rows], length_norm=length_norm)
+            return backend.stats(X[rows], speakers[rows])
 
         for key, rows in by_key.items():
             if key[0] == "n":
@@ -318,12 +320,14 @@ def _verification_fast(name: str):
 
         out = []
         for g in groups:
-            scored: dict[tuple[str, ...], dict] = {}
-            for p in g.problems:
-                key = training_set_key(g.target, p)
-                if key not in scored:
-                    scored[key] = _score_group(model_of(key), X, g.trials)
-            out.append([dict(scored[training_set_key(g.target, p)]) for p in g.problems])
+            keys = [training_set_key(g.target, p) for p in g.problems]
+            distinct = list(dict.fromkeys(keys))
+            rows, enroll, test = _trial_rows(g.trials)
+            # all of the target's models on its trial list at once (the back-end shares what it can)
+            scores = cls.score_trials_of_models([model_of(k) for k in distinct], X[rows], enroll, test)
+            labels = g.trials["label"].to_numpy()
+            scored = {k: _verification_scores(labels, scores[:, c]) for c, k in enumerate(distinct)}
+            out.append([dict(scored[k]) for k in keys])
         return out
 
     return evaluate
