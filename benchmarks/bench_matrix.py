@@ -166,19 +166,27 @@ def identical_values_bound(runs: pl.DataFrame) -> str:
 
 def bench_scale(args) -> None:
     layers, seeds = args.scale_layers, args.scale_seeds
-    man, X = synthetic_corpus(54, 60, 6, 768, layers, seed=2)
-    t, res = _time(
-        lambda: run_matrix(X, man, "gender", n=60, seeds=seeds, progress=False, n_jobs=args.n_jobs)
-    )
+    if args.scale_task == "speaker":
+        # as the speaker part: 100 speakers x 30 utterances per language
+        man, X = synthetic_corpus(54, 100, 30, 768, layers, seed=2)
+        what = f"speaker ({args.backend}), N=1000"
+        run = dict(task="speaker", n=1000, probe=args.backend)
+    else:
+        man, X = synthetic_corpus(54, 60, 6, 768, layers, seed=2)
+        what = "gender, N=60/class"
+        run = dict(task="gender", n=60)
+    t, res = _time(lambda: run_matrix(X, man, seeds=seeds, progress=False, n_jobs=args.n_jobs, **run))
+    if res.runs.is_empty():
+        raise SystemExit(f"[scale] every language was skipped, nothing measured:\n{res.skipped}")
     measured = (
         f"{layers} layer(s) x {seeds} seed(s) = {t:.1f} s with {args.n_jobs} job(s) ({res.runs.height} runs)"
     )
     if layers * seeds == 13 * 10:
-        print(f"[scale] 54 languages, gender, N=60/class, dim 768, the full sweep: {measured}")
+        print(f"[scale] 54 languages, {what}, dim 768, the full sweep: {measured}")
     else:
         full = t * 13 * 10 / (layers * seeds)
         print(
-            f"[scale] 54 languages, gender, N=60/class, dim 768: {measured} -> 13 layers x 10 seeds "
+            f"[scale] 54 languages, {what}, dim 768: {measured} -> 13 layers x 10 seeds "
             f"~ {full:.0f} s extrapolated (sampling, done once per sweep, counted "
             f"{13 * 10 // (layers * seeds)}x)"
         )
@@ -200,6 +208,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--backend", default="plda", help="speaker back-end: plda (PCA 200), plda_full, cosine"
+    )
+    parser.add_argument(
+        "--scale-task", default="gender", choices=["gender", "speaker"], help="scale part: which sweep"
     )
     args = parser.parse_args()
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
