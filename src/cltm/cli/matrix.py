@@ -151,7 +151,9 @@ def matrix_command(
     probe: str | None = typer.Option(
         None,
         "--probe",
-        help="Classifier (logreg, default) or verification back-end (plda, default; cosine).",
+        help="Classifier (logreg, default) or verification back-end: plda (default; PCA to 200 dims, "
+        "~0.3 s per model, 1,539 models per layer and seed at 54 languages), cosine (centred cosine; "
+        "a 54-language sweep in minutes), lda_cosine, plda_full.",
     ),
     solver: str = typer.Option(
         "shared",

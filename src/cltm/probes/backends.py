@@ -189,9 +189,6 @@ class CosineBackend(_Backend):
     def _matrix_scores(A, B):
         return A @ B.T
 
-    #: cos(a - m, b - m) depends on a model only through its mean m (false for subclasses that project)
-    _mean_only = True
-
     @classmethod
     def score_trials_of_models(
         cls, models: Sequence[_Backend], X: np.ndarray, enroll_index, test_index, *, block_size: int = 65_536
@@ -203,7 +200,7 @@ class CosineBackend(_Backend):
         means' centre, so |a - m|^2 = |a|^2 - 2 a.m + |m|^2 does not cancel. Equal to the per-model scores to
         ~1e-15 relative.
         """
-        if not cls._mean_only or not models:
+        if cls.needs_second_moments or not models:  # a subclass that learns more than the mean (LDA)
             return super().score_trials_of_models(models, X, enroll_index, test_index, block_size=block_size)
         for model in models:
             X = model._prepare(X)  # checks each is fitted and matches X's dim (float64: copied once at most)
@@ -234,7 +231,6 @@ class LDACosine(CosineBackend):
     scatter shrunk by ``reg`` so it stays invertible; at most n_speakers - 1 of them carry information.
     """
 
-    _mean_only = False
     needs_second_moments = True
 
     def __init__(self, n_components: int = 150, reg: float = 1e-3):
