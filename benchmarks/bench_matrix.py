@@ -10,9 +10,8 @@ Synthetic embeddings (dim 768, 13 layers, 10 seeds by default):
 * scale: 54 languages, gender: ``--scale-layers 13 --scale-seeds 10`` runs the whole sweep; fewer are
   measured and extrapolated to 13 layers x 10 seeds.
 
-Naive loops are measured on a slice of layers/seeds (every run is independent, so time is linear in the
-number of
-(layer, seed) pairs) and extrapolated; the cell values of both are compared on that slice.
+Naive loops are measured on a slice of layers/seeds (every run is independent, so time is linear in the number
+of (layer, seed) pairs) and extrapolated; the cell values of both are compared on that slice.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_matrix.py [--part gender|speaker|scale|all] [--n-jobs 2]
 """

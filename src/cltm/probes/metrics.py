@@ -346,9 +346,9 @@ def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
     """``f1`` (macro) and ``accuracy`` of many binary classifiers on one test set at once.
 
     ``y_true`` [m] holds 0/1; ``predicted`` [m, k] holds each classifier's predictions (bool or 0/1), one
-    column per classifier.
-    Same definitions as :func:`classification_metrics` (macro-F1 over the classes present in the truth or the
-    predictions), without a confusion matrix per column: the CLTM sweep scores ~20 models per test set.
+    column per classifier. Same definitions as :func:`classification_metrics` (macro-F1 over the classes
+    present in the truth or the predictions), without a confusion matrix per column: the CLTM sweep scores ~20
+    models per test set.
     """
     truth = (np.asarray(y_true) == 1)[:, None]
     pred = np.asarray(predicted).astype(bool)

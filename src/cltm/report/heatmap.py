@@ -153,8 +153,7 @@ def annotation_layout(n_rows: int, n_cols: int) -> tuple[float, float, int, bool
 
     The matrix grows with the number of languages up to :data:`MAX_MATRIX_INCHES`; the font is the largest
     that fits the formatted value (about 0.6 em per character) inside a cell, capped at 9 pt. Past 25
-    languages one
-    decimal is shown to keep the text inside its cell.
+    languages one decimal is shown to keep the text inside its cell.
     """
     n = max(n_rows, n_cols, 1)
     side = min(MAX_MATRIX_INCHES, max(3.5, 0.55 * n))

@@ -68,9 +68,8 @@ def layer_summary(heatmaps: Sequence[HeatmapData], properties: pl.DataFrame | No
 
     ``share_positive`` and ``asymmetry`` come from the CLTM engine's ``properties`` table when it has them
     (the single source of those definitions); only when absent are they computed here from the matrix, over
-    all
-    off-diagonal cells with a value: share of cells > 0 and ‖M−Mᵀ‖_F/‖M‖_F. The mean leaves unstable cells out
-    because their ratios (often ±10 or more) would swamp it.
+    all off-diagonal cells with a value: share of cells > 0 and ‖M−Mᵀ‖_F/‖M‖_F. The mean leaves unstable cells
+    out because their ratios (often ±10 or more) would swamp it.
     """
     rows = []
     for data in heatmaps:

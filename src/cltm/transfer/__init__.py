@@ -4,8 +4,7 @@
 * ``run_matrix``: the per-layer sweep from a cache or any embeddings -> ``MatrixResult`` (runs, matrices,
   properties, language_scores, skipped);
 * ``matrix_from_runs`` (statistics) and ``matrix_properties``; ``read_runs`` / ``write_results`` and the
-  column
-  contracts (``RUNS_COLUMNS``, ``MATRICES_COLUMNS``, ``PROPERTIES_COLUMNS``); ``load_families`` for the
+  column contracts (``RUNS_COLUMNS``, ``MATRICES_COLUMNS``, ``PROPERTIES_COLUMNS``); ``load_families`` for the
   language -> family map.
 """
 

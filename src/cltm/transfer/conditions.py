@@ -3,25 +3,18 @@
 For every language i the plan fixes, once:
 
 * the **test set** of i: the manifest's ``split`` column when present (train pool = ``train``, test =
-  ``test``),
-  otherwise (or for rows with no split) the sampler's seeded speaker-disjoint split (``split_seed``, not
-  the run
-  seed, so the test set is the same for every seed and condition). Classification tests on every test row
-  of i with a
-  label in the task's classes; speaker verification on a trial list from i's test rows (``make_trials``
-  with the
-  published rules, seeded by ``trial_seed``) or on a user trial list;
-* per seed s, the **nested training subsets** of i: ``rows_2n`` (2N of i) and ``rows_n`` (its first N),
-  from the
-  shared sampler (``balanced_subset`` with N per class for classification, ``speaker_subset`` with the
+  ``test``), otherwise (or for rows with no split) the sampler's seeded speaker-disjoint split
+  (``split_seed``, not the run seed, so the test set is the same for every seed and condition). Classification
+  tests on every test row of i with a label in the task's classes; speaker verification on a trial list from
+  i's test rows (``make_trials`` with the published rules, seeded by ``trial_seed``) or on a user trial list;
+* per seed s, the **nested training subsets** of i: ``rows_2n`` (2N of i) and ``rows_n`` (its first N), from
+  the shared sampler (``balanced_subset`` with N per class for classification, ``speaker_subset`` with the
   minimum-speaker rule for speaker verification), which returns a prefix of one seeded order.
 
-Conditions for target i, donor j and seed s are then built from these and nothing else:
-``single`` = rows_n(i), ``self`` = rows_2n(i) (which contains rows_n(i)), ``pair`` = rows_n(i) + rows_n(j)
-(the same
-N of i as in ``single``, and the same N of j as j's own ``single``), ``zero_shot`` = rows_n(j); all tested
-on i.
-For ``single`` and ``self`` the donor is the target itself.
+Conditions for target i, donor j and seed s are then built from these and nothing else: ``single`` =
+rows_n(i), ``self`` = rows_2n(i) (which contains rows_n(i)), ``pair`` = rows_n(i) + rows_n(j) (the same N of i
+as in ``single``, and the same N of j as j's own ``single``), ``zero_shot`` = rows_n(j); all tested on i. For
+``single`` and ``self`` the donor is the target itself.
 
 A language that cannot give 2N training rows (or has no usable test set) is reported in ``skipped`` (language,
 reason) and left out as target and donor: never a crash.
@@ -76,8 +69,7 @@ class ConditionPlan:
 
     ``train_rows`` / ``test_rows`` index the manifest's rows (0-based; cache order for a Cache's manifest).
     ``trials`` (speaker verification) holds manifest row indices in ``enroll_row`` / ``test_row`` plus
-    ``label`` and
-    the utt_ids ``enroll`` / ``test``; ``test_rows`` are then the rows the trials use.
+    ``label`` and the utt_ids ``enroll`` / ``test``; ``test_rows`` are then the rows the trials use.
     """
 
     task: str
@@ -165,11 +157,9 @@ def plan_languages(
     """Per-language test sets and nested training subsets; returns ``(plans by language, skipped)``.
 
     ``n``: N per class for classification tasks, N utterances for ``speaker``. ``trials``: an optional user
-    trial
-    list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment utterance's language.
-    ``usable_column``: a boolean column; rows where it is false (e.g. never extracted) are left out
-    everywhere,
-    while row indices still count every manifest row.
+    trial list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment utterance's
+    language. ``usable_column``: a boolean column; rows where it is false (e.g. never extracted) are left out
+    everywhere, while row indices still count every manifest row.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -336,12 +326,9 @@ def plan_conditions(
     """Every (condition, target, donor, seed) to train and test, as manifest row indices.
 
     Returns a ``ConditionPlans`` list (``.skipped``: language, reason; ``.languages``: the per-language
-    plans).
-    ``cells`` restricts the plan to these (target, donor) pairs (plus each target's ``single`` and
-    ``self``), e.g.
-    the top cells the fine-tune path re-runs; ``donors`` restricts the donor languages. See the module
-    docstring
-    for the rules (fixed test sets, nested subsets, skipped languages).
+    plans). ``cells`` restricts the plan to these (target, donor) pairs (plus each target's ``single`` and
+    ``self``), e.g. the top cells the fine-tune path re-runs; ``donors`` restricts the donor languages. See
+    the module docstring for the rules (fixed test sets, nested subsets, skipped languages).
     """
     seeds_ = seed_list(seeds)
     plans, skipped = plan_languages(

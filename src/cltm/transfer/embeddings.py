@@ -3,12 +3,9 @@ export``).
 
 Arrays are [n_layers, n_utts, dim] aligned with a manifest's rows; a 2-D [n_utts, dim] array (one vector per
 utterance, e.g. ECAPA x-vectors computed elsewhere) is taken as a single layer. HDF5 files are searched for
-the
-first dataset named ``pooled/mean``, ``mean``, ``embeddings`` or ``features`` (else the only 2-/3-D float
-dataset);
-a ``manifest.parquet`` next to the file, or a manifest stored inside it (a ``manifest`` group of column
-datasets),
-is used when no manifest is given. A small registry keyed by file suffix.
+the first dataset named ``pooled/mean``, ``mean``, ``embeddings`` or ``features`` (else the only 2-/3-D float
+dataset); a ``manifest.parquet`` next to the file, or a manifest stored inside it (a ``manifest`` group of
+column datasets), is used when no manifest is given. A small registry keyed by file suffix.
 """
 
 from __future__ import annotations

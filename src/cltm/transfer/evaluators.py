@@ -1,14 +1,13 @@
 """How the sweep trains and scores many related problems at once: a small registry of probe evaluators.
 
 A *problem group* is everything one (layer, seed, target) needs: the conditions ``single``, ``self``, every
-``pair`` and ``zero_shot`` share the target's test set (or trial list), and their training sets are unions
-of the
-per-language N / 2N subsets. An evaluator takes the whole group, so it can share work across it (DESIGN §5):
+``pair`` and ``zero_shot`` share the target's test set (or trial list), and their training sets are unions of
+the per-language N / 2N subsets. An evaluator takes the whole group, so it can share work across it (DESIGN
+§5):
 
 * classification probes fit all the group's problems with the batched logistic solver of ``cltm.probes``;
 * verification back-ends are built from per-language sufficient statistics that add up (pair = stats(i) +
-  stats(j),
-  self = stats(N of i) + stats(the other N of i)), and the trial embeddings are read once per group.
+  stats(j), self = stats(N of i) + stats(the other N of i)), and the trial embeddings are read once per group.
 
 The estimators, statistics and solvers live in ``cltm.probes``; this module only arranges the work.
 Each evaluator has a ``naive`` twin (one estimator fit per problem) that the tests and benchmarks compare
@@ -58,10 +57,8 @@ def training_set_key(target: str, problem: Problem) -> tuple[str, ...]:
     """Which training set a problem uses, within one (layer, seed).
 
     Conditions share training sets: ``zero_shot`` from donor j trains on N of j, exactly ``single`` of j;
-    ``pair``
-    (i, j) and (j, i) both train on N of i + N of j. Each distinct set is fitted once and scored on every
-    test set
-    that needs it (the problems differ only in what they are tested on).
+    ``pair`` (i, j) and (j, i) both train on N of i + N of j. Each distinct set is fitted once and scored on
+    every test set that needs it (the problems differ only in what they are tested on).
     """
     if problem.condition in ("single", "zero_shot"):
         return ("n", problem.donor)
@@ -89,9 +86,8 @@ def distinct_training_sets(groups: list) -> tuple[list[np.ndarray], list[list[in
     return sets, which
 
 
-# evaluate(X, labels, groups, options) -> per group, one metrics dict per problem, in order. All groups of
-# one call
-# share a (layer, seed), so an evaluator may batch across targets and reuse per-language work.
+# evaluate(X, labels, groups, options) -> per group, one metrics dict per problem, in order. All groups of one
+# call share a (layer, seed), so an evaluator may batch across targets and reuse per-language work.
 Evaluator = Callable[[np.ndarray, np.ndarray, list, dict], list[list[dict[str, float]]]]
 
 

@@ -1,10 +1,8 @@
 """Language -> family map for Common Voice locales (shipped), overridable by a TSV or JSON file.
 
 The shipped table (``data/cv_families.tsv``) covers the Common Voice locales, with Indo-European split into
-its
-subfamilies (``Indo-European (Romance)``, ``(Germanic)``, ``(Slavic)``, ...), as in the published CLTM
-figures.
-Hyphenated locales (``zh-HK``, ``sv-SE``, ``ga-IE``, ``es-AR``) map via their base code unless listed
+its subfamilies (``Indo-European (Romance)``, ``(Germanic)``, ``(Slavic)``, ...), as in the published CLTM
+figures. Hyphenated locales (``zh-HK``, ``sv-SE``, ``ga-IE``, ``es-AR``) map via their base code unless listed
 themselves.
 """
 
@@ -52,8 +50,7 @@ def load_families(path: str | Path | None = None, *, extend_default: bool = True
     """Read a language -> family map from a JSON object or a TSV/CSV file (``language, [name,] family``).
 
     With ``extend_default`` the file's entries override/extend the shipped Common Voice map; otherwise only
-    the
-    file is used. ``path=None`` gives the shipped map.
+    the file is used. ``path=None`` gives the shipped map.
     """
     base = default_families() if extend_default or path is None else {}
     if path is None:

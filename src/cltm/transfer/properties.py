@@ -6,16 +6,13 @@ All shares and means are over the off-diagonal cells that have a value (missing 
 * ``reciprocity``: among unordered pairs {i, j} with both directions present, the fraction with both cells
   > 0;
 * ``asymmetry``: ||C - C^T||_F / ||C||_F over the entries whose transpose is present too (diagonal included);
-* ``deviation_from_ones``: ||C - 1||_F / n over the present entries (n = number of languages; the diagonal
-  is 1 and
-  adds nothing), the distance from the language-agnostic all-ones matrix;
-* receiver score of i = sum_j max(C_ij, 0) (row), donor score of j = sum_i max(C_ij, 0) (column),
-  off-diagonal only;
-  the per-language scores go to their own ``language_scores`` table, the top language of each into
+* ``deviation_from_ones``: ||C - 1||_F / n over the present entries (n = number of languages; the diagonal is
+  1 and adds nothing), the distance from the language-agnostic all-ones matrix;
+* receiver score of i = sum_j max(C_ij, 0) (row), donor score of j = sum_i max(C_ij, 0) (column), off-diagonal
+  only; the per-language scores go to their own ``language_scores`` table, the top language of each into
   ``properties``;
-* ``mean_within_family`` / ``mean_across_family``: mean off-diagonal cell over pairs of the same /
-  different family,
-  languages of unknown family left out (null when no family map is given).
+* ``mean_within_family`` / ``mean_across_family``: mean off-diagonal cell over pairs of the same / different
+  family, languages of unknown family left out (null when no family map is given).
 
 With ``exclude_unstable`` the rows flagged unstable are left out of every statistic (their count is always
 reported).

@@ -1,14 +1,11 @@
 """``run_matrix``: the CLTM sweep over layers, seeds, targets and donors from cached (or any) embeddings.
 
-Work is arranged so nothing is computed cell by cell where structure allows (DESIGN §5): one layer is read
-at a
-time, and within it every (seed, target) is one *problem group* handed to the probe's evaluator
-(``cltm.transfer.evaluators``), which shares work across the group's conditions. Layers run in parallel
-with joblib
-(``parallel="joblib"``), its Dask back-end (``"dask"``, with a scheduler address or a local cluster) or Ray
-(``"ray"``); results are assembled in a fixed order, so the same inputs and seeds give identical tables
-whatever
-the back-end and the number of workers.
+Work is arranged so nothing is computed cell by cell where structure allows (DESIGN §5): one layer is read at
+a time, and within it every (seed, target) is one *problem group* handed to the probe's evaluator
+(``cltm.transfer.evaluators``), which shares work across the group's conditions. Layers run in parallel with
+joblib (``parallel="joblib"``), its Dask back-end (``"dask"``, with a scheduler address or a local cluster) or
+Ray (``"ray"``); results are assembled in a fixed order, so the same inputs and seeds give identical tables
+whatever the back-end and the number of workers.
 """
 
 from __future__ import annotations
@@ -302,20 +299,19 @@ def run_matrix(
     ``manifest``'s rows (bring-your-own embeddings; ``manifest`` is required then). ``task``: ``gender``,
     ``speaker`` or any manifest label column. ``n``: N per class (classification) or N utterances (speaker).
     ``seeds``: a count S (seeds 0..S-1) or a list. ``probe``: ``logreg`` (default for classification) or
-    another
-    registered classifier; ``plda`` (default for speaker) or another back-end (see ``evaluators.PROBES``).
-    ``layers``: layer indices (default all). ``languages``: targets and donors (default all in the manifest);
-    ``donors`` narrows the donors. ``metric``: the matrix metric (default macro-F1, AUC for speaker).
-    ``trials``: a user trial list (enroll, test, label utt_ids) instead of the generated one. ``families``: a
-    language -> family map for the family properties (default: the shipped Common Voice map). ``C``: inverse
-    L2 strength of ``logreg``; ``solver``: how ``logreg`` fits binary tasks (``shared``, default: one L-BFGS
-    run for all training sets of a (layer, seed), see ``cltm.probes.shared_logistic``; ``sklearn``: values
-    identical to the naive loop; ``batched``). ``naive``: fit one estimator per problem instead of the fast
-    path (for checks and benchmarks).
+    another registered classifier; ``plda`` (default for speaker) or another back-end (see
+    ``evaluators.PROBES``). ``layers``: layer indices (default all). ``languages``: targets and donors
+    (default all in the manifest); ``donors`` narrows the donors. ``metric``: the matrix metric (default
+    macro-F1, AUC for speaker). ``trials``: a user trial list (enroll, test, label utt_ids) instead of the
+    generated one. ``families``: a language -> family map for the family properties (default: the shipped
+    Common Voice map). ``C``: inverse L2 strength of ``logreg``; ``solver``: how ``logreg`` fits binary tasks
+    (``shared``, default: one L-BFGS run for all training sets of a (layer, seed), see
+    ``cltm.probes.shared_logistic``; ``sklearn``: values identical to the naive loop; ``batched``). ``naive``:
+    fit one estimator per problem instead of the fast path (for checks and benchmarks).
 
     Subsets and test sets come from ``plan_languages`` (the same source the fine-tune path uses). Languages
-    with
-    too little data are listed in ``result.skipped`` and left out. Same inputs and seeds -> identical tables.
+    with too little data are listed in ``result.skipped`` and left out. Same inputs and seeds -> identical
+    tables.
     """
     features = _open_features(features)
     if manifest is None:

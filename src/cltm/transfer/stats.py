@@ -6,18 +6,15 @@ For target i and donor j, with Perf higher-is-better and means over seeds:
   with SE 0);
 * ``m = (Perf(i+j) - Perf(i)) / Perf(i)`` (unnormalised; on the diagonal ``(Perf(i+i) - Perf(i)) / Perf(i)``);
 * standard error by the delta method with var(mean) = between-seed variance (ddof=1) / S, per condition:
-  Var(num) = v_ij + v_i, Var(den) = v_ii + v_i, Cov(num, den) ~= v_i,
-  Var(R) ~= Var(num)/den^2 + num^2 Var(den)/den^4 - 2 num Cov/den^3;
+  Var(num) = v_ij + v_i, Var(den) = v_ii + v_i, Cov(num, den) ~= v_i, Var(R) ~= Var(num)/den^2 + num^2
+  Var(den)/den^4 - 2 num Cov/den^3;
 * ``p_positive = Phi(cltm / cltm_se)`` (normal approximation);
-* ``unstable``: the own-data gain den = Perf(i+i) - Perf(i) is not clearly positive, i.e.
-  ``not (den > max(z * SE(den), min_gain))`` with SE(den) = sqrt(Var(den)), z = 2 and min_gain = 1e-3 by
-  default.
-  With a single seed SE(den) is undefined and only the ``min_gain`` floor applies. The flag is per target
-  row (the
-  diagonal carries it too) because it is a property of the denominator.
+* ``unstable``: the own-data gain den = Perf(i+i) - Perf(i) is not clearly positive, i.e. ``not (den > max(z *
+  SE(den), min_gain))`` with SE(den) = sqrt(Var(den)), z = 2 and min_gain = 1e-3 by default. With a single
+  seed SE(den) is undefined and only the ``min_gain`` floor applies. The flag is per target row (the diagonal
+  carries it too) because it is a property of the denominator.
 * ``perf_zero_shot``: mean Perf(j -> i) of the donor-only model tested on the target; on the diagonal it is
-  Perf(i)
-  (a model trained on N of i and tested on i is the ``single`` condition).
+  Perf(i) (a model trained on N of i and tested on i is the ``single`` condition).
 
 Lower-is-better metrics (EER, minDCF) enter as Perf = 1 - value, so that a positive cell always means help.
 """
@@ -113,8 +110,7 @@ def condition_summary(runs: pl.DataFrame, metric: str | None = None) -> pl.DataF
     count.
 
     Per-seed runs are aggregated here (variance ddof=1 over the seeds that have a value); aggregated runs
-    (with
-    ``seed_count``) pass through. Perf is higher-is-better (lower-is-better metrics become 1 - value).
+    (with ``seed_count``) pass through. Perf is higher-is-better (lower-is-better metrics become 1 - value).
     """
     out_schema = {
         **{k: MATRICES_COLUMNS[k] for k in MATRIX_KEYS},
@@ -178,8 +174,8 @@ def matrix_from_runs(
     """Matrices (one row per task, model, layer, probe, target, donor) from per-seed or aggregated runs.
 
     See the module docstring for every definition. A target needs its ``single`` and ``self`` runs; a cell
-    needs the
-    ``pair`` run as well (cells without one are left out, not filled). Columns: ``MATRICES_COLUMNS``.
+    needs the ``pair`` run as well (cells without one are left out, not filled). Columns:
+    ``MATRICES_COLUMNS``.
     """
     summary = condition_summary(runs, metric)
     if summary.height == 0:

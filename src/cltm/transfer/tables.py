@@ -4,22 +4,18 @@ Three long-form tables (DESIGN §3.3), each with a fixed column list and polars 
 
 * ``runs``: one row per (task, model, layer, probe, condition, target, donor, seed) with the metric values.
   ``condition`` is one of ``single`` (N of the target), ``self`` (2N of the target), ``pair`` (N of the
-  target +
-  N of the donor) and ``zero_shot`` (N of the donor only, tested on the target). For ``single`` and
-  ``self`` the
-  donor is the target itself, as in the published reference CSV. Metric columns that do not apply to a task
-  are null.
+  target + N of the donor) and ``zero_shot`` (N of the donor only, tested on the target). For ``single``
+  and ``self`` the donor is the target itself, as in the published reference CSV. Metric columns that do
+  not apply to a task are null.
 * ``matrices``: one row per (task, model, layer, probe, target, donor) with the CLTM cell, its delta-method
-  standard
-  error, the unnormalised ``m``, ``p_positive``, ``unstable`` and the mean performance of every condition.
+  standard error, the unnormalised ``m``, ``p_positive``, ``unstable`` and the mean performance of every
+  condition.
 * ``properties``: one row per (task, model, layer, probe) with the matrix properties of DESIGN §4.1.
 
 Runs can also be *aggregated*: a table that carries ``seed_count`` and ``<metric>_var`` columns holds, per
-row, the mean
-over seeds in the metric column and the between-seed variance (ddof=1) next to it; ``seed`` is then null.
-This is how
-the published reference implementation's CSV is read (``read_runs``), and ``matrix_from_runs`` accepts both
-forms.
+row, the mean over seeds in the metric column and the between-seed variance (ddof=1) next to it; ``seed`` is
+then null. This is how the published reference implementation's CSV is read (``read_runs``), and
+``matrix_from_runs`` accepts both forms.
 """
 
 from __future__ import annotations
@@ -175,8 +171,7 @@ def write_results(
     """Write the results directory: runs/matrices/properties (+ skipped, language_scores) as Parquet.
 
     Files are written without statistics that depend on the environment, so the same tables give the same
-    bytes.
-    Returns the directory.
+    bytes. Returns the directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,9 +254,9 @@ def _read_reference_csv(df: pl.DataFrame, options: dict) -> pl.DataFrame:
     """The published reference implementation's aggregated CSV (one row per condition, means over seeds).
 
     ``type`` single/dual; ``lang_src`` is the target, ``lang_tgt`` the donor (a dual row with lang_tgt ==
-    lang_src is
-    the 2N ``self`` condition); ``f1_mean`` | ``auc_mean`` | ``wer_mean`` (WER becomes 1 - WER, stored as
-    ``one_minus_wer``) with the matching ``*_var`` between-seed variance, and ``seed_count`` (default 10).
+    lang_src is the 2N ``self`` condition); ``f1_mean`` | ``auc_mean`` | ``wer_mean`` (WER becomes 1 - WER,
+    stored as ``one_minus_wer``) with the matching ``*_var`` between-seed variance, and ``seed_count``
+    (default 10).
     """
     source_col = next((c for c in _REFERENCE_METRICS if c in df.columns), None)
     if source_col is None:
@@ -333,10 +328,9 @@ def read_runs(
 ) -> pl.DataFrame:
     """Read a runs table: our long ``runs`` (Parquet/CSV) or the published reference CSV.
 
-    ``format`` names a registered format (see ``runs_formats()``); by default it is sniffed from the
-    columns. The
-    keyword options fill the identifying columns a reference CSV lacks (task defaults from the metric: AUC ->
-    speaker, F1 -> gender, WER -> asr; model "reference"; probe "finetune"; layer null).
+    ``format`` names a registered format (see ``runs_formats()``); by default it is sniffed from the columns.
+    The keyword options fill the identifying columns a reference CSV lacks (task defaults from the metric: AUC
+    -> speaker, F1 -> gender, WER -> asr; model "reference"; probe "finetune"; layer null).
     """
     p = Path(path)
     if not p.exists():
@@ -360,8 +354,7 @@ def write_reference_csv(matrix_runs: pl.DataFrame, path: str | Path, *, metric: 
     """Write aggregated runs (or per-seed runs, aggregated here) in the published reference CSV layout.
 
     The inverse of ``read_runs`` for that format: rows ``type``, ``lang_src``, ``lang_tgt``, ``<m>_mean``,
-    ``<m>_var``,
-    ``seed_count`` where ``<m>`` is f1, auc or wer (``one_minus_wer`` is written back as WER).
+    ``<m>_var``, ``seed_count`` where ``<m>`` is f1, auc or wer (``one_minus_wer`` is written back as WER).
     """
     ref_name = {"f1": "f1", "auc": "auc", "one_minus_wer": "wer"}.get(metric)
     if ref_name is None:
