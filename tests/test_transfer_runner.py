@@ -165,6 +165,15 @@ def test_dask_local_cluster_equals_serial():
     assert dask.matrices.equals(serial.matrices)
 
 
+def test_ray_local_equals_serial():
+    man = _manifest(["a", "b"])
+    X = _gender_embeddings(man, {"a": 1, "b": -1}, layers=3)
+    serial = run_matrix(X, man, "gender", n=5, seeds=2, progress=False)
+    ray = run_matrix(X, man, "gender", n=5, seeds=2, progress=False, parallel="ray", n_jobs=2)
+    assert ray.runs.equals(serial.runs)
+    assert ray.matrices.equals(serial.matrices)
+
+
 def test_too_little_data_language_is_reported_not_fatal():
     man = pl.concat([_manifest(["a", "b"]), _manifest(["tiny"], speakers=3, utts=1)])
     X = _gender_embeddings(man, {"a": 1, "b": 1, "tiny": 1}, layers=1)

@@ -193,7 +193,7 @@ def _parallel_context(parallel: str, scheduler: str | None, n_jobs: int) -> Iter
         register_ray()
         try:
             with joblib.parallel_config(backend="ray"):
-                yield {"n_jobs": -1}
+                yield {"n_jobs": -1, "return_as": "list"}  # ray's joblib back-end has no generator mode
         finally:
             if started:
                 ray.shutdown()
@@ -230,7 +230,7 @@ def _run_layers(
             return out
         with _parallel_context(parallel, scheduler, n_jobs) as kwargs:
             kwargs.pop("client", None)
-            runner = Parallel(return_as="generator", **kwargs)
+            runner = Parallel(**{"return_as": "generator", **kwargs})
             out = []
             for rows in runner(
                 delayed(_layer_rows)(payload(layer), layer, labels, plans, settings) for layer in layers
