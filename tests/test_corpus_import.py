@@ -480,6 +480,39 @@ def test_hf_datasets_import_when_datasets_is_installed(tmp_path):
         import_hf_dataset(tmp_path / "dataset", mapping="path=audio", language="sw", audio_dir=out_dir)
 
 
+def test_hf_import_of_a_local_dataset_repository(tmp_path):
+    """A Hub repository downloaded as files (Parquet under data/, audio embedded as bytes) loads through
+    load_dataset, the code path of a Hub name; save_to_disk is not needed."""
+    if importlib.util.find_spec("datasets") is None:
+        with pytest.raises(CorpusImportError, match=r"pip install 'cltm\[datasets\]'"):
+            import_hf_dataset(tmp_path / "repo")
+        return
+    import datasets
+
+    originals = []
+    for name in ("a", "b"):
+        write_clip(tmp_path / "src" / f"{name}.wav")
+        originals.append((tmp_path / "src" / f"{name}.wav").read_bytes())
+    rows = {
+        "audio": [{"bytes": data, "path": f"{n}.wav"} for n, data in zip("ab", originals, strict=True)],
+        "client_id": ["x", "y"],
+        "id": ["a", "b"],
+    }
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    table = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio())
+    table.to_parquet(str(repo / "data" / "test-00000-of-00001.parquet"))
+    with pytest.raises(CorpusImportError, match="--audio-dir"):
+        import_hf_dataset(repo, mapping="utt_id=id,speaker=client_id", language="sw")
+    df = import_hf_dataset(
+        repo, mapping="utt_id=id,speaker=client_id", language="sw", audio_dir=tmp_path / "out"
+    )
+    assert df.select("utt_id", "speaker", "split").rows() == [("a", "x", "test"), ("b", "y", "test")]
+    assert [Path(p).read_bytes() for p in df["path"].to_list()] == originals
+    with pytest.raises(CorpusImportError, match="could not load it as a dataset"):
+        import_hf_dataset(tmp_path / "empty-folder-that-is-no-dataset", language="sw")
+
+
 @pytest.mark.parametrize(
     ("function", "package", "extra"),
     [(import_lhotse, "lhotse", "lhotse"), (import_hf_dataset, "datasets", "datasets")],

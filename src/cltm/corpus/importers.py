@@ -516,9 +516,11 @@ def import_hf_dataset(
 ) -> pl.DataFrame:
     """Import a Hugging Face ``datasets`` dataset (needs ``cltm[datasets]``).
 
-    ``name_or_path``: a directory written by ``save_to_disk``, a locally cached dataset name, or a
-    ``Dataset`` / ``DatasetDict`` object. The audio column (the first ``Audio`` feature) becomes file paths:
-    paths to local files are kept; audio embedded as bytes (``save_to_disk`` output, Hub Parquet) is written
+    ``name_or_path``: a directory written by ``save_to_disk``, a local dataset repository (e.g. a Hub repo
+    downloaded with ``hf download``: Parquet files under ``data/``), a Hub dataset name (``load_dataset``;
+    offline only when cached), or a ``Dataset`` / ``DatasetDict`` object. The audio column (the first
+    ``Audio`` feature; the manifest's ``path`` unless ``mapping`` names another) becomes file paths: paths
+    to local files are kept; audio embedded as bytes (``save_to_disk`` output, Hub Parquet) is written
     once to ``audio_dir`` (required then; re-imports reuse the files). ``mapping`` renames columns as for
     :func:`import_table`. ``split`` picks one split of a DatasetDict and also fills the manifest's ``split``
     column when it is train/dev/test (``validation`` becomes ``dev``).
@@ -529,11 +531,19 @@ def import_hf_dataset(
     else:
         source = Path(name_or_path)
         label = str(name_or_path)
-        loaded = (
-            datasets.load_from_disk(str(source))
-            if source.exists()
-            else datasets.load_dataset(str(name_or_path), config)
-        )
+        saved = (source / "dataset_dict.json").is_file() or (source / "state.json").is_file()
+        try:
+            # save_to_disk output; anything else (a Hub name, a downloaded Hub repo, a folder of Parquet/CSV
+            # files) goes through load_dataset, as `datasets` itself would
+            loaded = (
+                datasets.load_from_disk(str(source)) if saved else datasets.load_dataset(str(source), config)
+            )
+        except (FileNotFoundError, ValueError, ConnectionError) as err:
+            raise CorpusImportError(
+                f"{label}: could not load it as a dataset ({type(err).__name__}: {err}). Give a directory "
+                "written by save_to_disk, a local dataset repository (e.g. Parquet files under data/), or a "
+                "Hub dataset name (needs network access or the datasets cache)"
+            ) from err
     audio_folder = Path(audio_dir) if audio_dir is not None else None
     if isinstance(loaded, datasets.DatasetDict):
         names = [split] if split else list(loaded)
@@ -544,9 +554,11 @@ def import_hf_dataset(
     else:
         parts = [(split, loaded)]
     frames = []
+    audio_column = None
     for split_name, dataset in parts:
         audio_columns = [c for c, f in dataset.features.items() if type(f).__name__ == "Audio"]
         if audio_columns:
+            audio_column = audio_column or audio_columns[0]
             dataset = dataset.cast_column(audio_columns[0], datasets.Audio(decode=False))
         frame = pl.from_arrow(
             dataset.with_format("arrow")[:]
@@ -558,7 +570,9 @@ def import_hf_dataset(
             frame = frame.with_columns(split=pl.lit(manifest_split))
         frames.append(frame)
     table = pl.concat(frames, how="diagonal_relaxed")
-    mapping = parse_mapping(mapping)
+    mapping = dict(parse_mapping(mapping))
+    if "path" not in mapping and "path" not in table.columns and audio_column is not None:
+        mapping["path"] = audio_column  # the Audio feature holds the files unless the mapping says otherwise
     absent = {t: s for t, s in mapping.items() if s not in table.columns}
     if absent:
         raise CorpusImportError(
