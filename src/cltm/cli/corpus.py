@@ -273,7 +273,10 @@ def import_lhotse_command(
 @import_app.command("hf")
 def import_hf_command(
     dataset: str = typer.Argument(
-        ..., help="A `datasets` directory saved with save_to_disk, or a locally cached dataset name."
+        ...,
+        help="A directory saved with save_to_disk, a local dataset repository (Parquet files under data/, "
+        "e.g. from `hf download --repo-type dataset`), or a Hub dataset name (cached, or with network). "
+        "The first Audio column becomes `path` unless --map names another.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help=OUT_HELP, show_default=False),
     mapping: str = typer.Option(
