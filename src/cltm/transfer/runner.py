@@ -221,7 +221,8 @@ def _run_layers(
             return str(features.path) if hasattr(features, "path") else features
         return features[layer]
 
-    with _progress(progress, len(layers)) as advance:
+    what = f"{settings['probe']}, {len(plans)} langs x {len(settings['seeds'])} seeds"
+    with _progress(progress, len(layers), what) as advance:
         if parallel == "joblib" and n_jobs == 1:
             out = []
             for layer in layers:
@@ -241,18 +242,27 @@ def _run_layers(
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
+def _progress(enabled: bool, total: int, what: str = "") -> Iterator[Any]:
     if not enabled:
         yield lambda: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
-        TextColumn("CLTM sweep"),
-        BarColumn(),
+        TextColumn(f"CLTM sweep{' (' + what + ')' if what else ''}"),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("layers"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),  # after the first layer: whether to switch back-end or narrow --layers
         transient=True,
     ) as bar:
         task = bar.add_task("layers", total=total)
