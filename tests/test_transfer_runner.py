@@ -156,22 +156,14 @@ def test_same_seed_gives_identical_files(tmp_path):
     )
 
 
-def test_dask_local_cluster_equals_serial():
+@pytest.mark.parametrize("parallel", ["dask", "ray"])  # a 2-worker local cluster / local Ray with 2 CPUs
+def test_cluster_back_ends_equal_serial(parallel):
     man = _manifest(["a", "b"])
     X = _gender_embeddings(man, {"a": 1, "b": -1}, layers=3)
     serial = run_matrix(X, man, "gender", n=5, seeds=2, progress=False)
-    dask = run_matrix(X, man, "gender", n=5, seeds=2, progress=False, parallel="dask", n_jobs=2)
-    assert dask.runs.equals(serial.runs)
-    assert dask.matrices.equals(serial.matrices)
-
-
-def test_ray_local_equals_serial():
-    man = _manifest(["a", "b"])
-    X = _gender_embeddings(man, {"a": 1, "b": -1}, layers=3)
-    serial = run_matrix(X, man, "gender", n=5, seeds=2, progress=False)
-    ray = run_matrix(X, man, "gender", n=5, seeds=2, progress=False, parallel="ray", n_jobs=2)
-    assert ray.runs.equals(serial.runs)
-    assert ray.matrices.equals(serial.matrices)
+    clustered = run_matrix(X, man, "gender", n=5, seeds=2, progress=False, parallel=parallel, n_jobs=2)
+    assert clustered.runs.equals(serial.runs)
+    assert clustered.matrices.equals(serial.matrices)
 
 
 def test_too_little_data_language_is_reported_not_fatal():

@@ -68,10 +68,10 @@ def probe_command(
     """Per-layer probe scores (per language and pooled) for layer selection."""
     import polars as pl
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from cltm.probes import layerwise
+    from cltm.progress import counting_progress
 
     if probe not in layerwise.PROBES:
         raise typer.BadParameter(
@@ -100,14 +100,7 @@ def probe_command(
         )
     n_languages = manifest.filter(pl.Series(done))["language"].n_unique()
     total = layerwise.n_units(len(layer_list), n_languages, probe, task == layerwise.SPEAKER_TASK)
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = counting_progress(console=console, transient=True)
     try:
         with progress:
             bar = progress.add_task(f"probing {task}", total=total)

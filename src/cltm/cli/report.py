@@ -72,8 +72,8 @@ def report_command(
     """Render the CLTM report: one heatmap per (task, model, probe, layer), layer views, donor/receiver
     charts, properties, probe-vs-fine-tune comparison, CSV/LaTeX exports, all linked from OUT/index.html."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cltm.progress import counting_progress
     from cltm.report import ReportInputError, build_report, normalise_formats
 
     console = Console(stderr=True)
@@ -84,13 +84,8 @@ def report_command(
     if families is not None and not families.exists():
         raise typer.BadParameter(f"{families}: file not found", param_hint="--families")
     layer_list = parse_layers(layers)
-    progress = Progress(
-        TextColumn("[bold]report[/bold] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
+    progress = counting_progress(
+        title="[bold]report[/bold] {task.description}", console=console, enabled=not quiet
     )
     with progress:
         task_id = progress.add_task("reading results", total=None)

@@ -42,6 +42,7 @@ from cltm.finetune.runs import (
     write_parquet_atomic,
 )
 from cltm.finetune.train import TrainSettings, embed_utterances, predict_logits, train_classifier
+from cltm.progress import counting_progress
 
 FINETUNE_CONDITIONS: tuple[str, ...] = ("single", "self", "pair")
 VERIFICATION_TASKS = frozenset({"speaker"})
@@ -439,7 +440,8 @@ def run_finetune(
     mine = pending[rank::world]
     new_rows: list[dict] = []
     run_device = state.device
-    bar = _progress(progress and state.is_main_process, len(mine), world)
+    unit = "runs" if world == 1 else f"runs on rank 0 (of {world} processes)"
+    bar = counting_progress(unit, enabled=progress and state.is_main_process)
     with bar:
         task_id = bar.add_task("fine-tuning", total=len(mine))
         for plan in mine:
@@ -486,26 +488,3 @@ def _save(out: Path, existing: pl.DataFrame, new_rows: list[dict], rank: int, wo
         write_parquet_atomic(merge_runs([existing, new]), out / RUNS_FILE)
     else:
         write_parquet_atomic(new, part_path(out, rank))
-
-
-def _progress(enabled: bool, total: int, world: int):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    label = "runs" if world == 1 else f"runs on rank 0 (of {world} processes)"
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(label),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )

@@ -243,28 +243,11 @@ def _run_layers(
 
 @contextlib.contextmanager
 def _progress(enabled: bool, total: int, what: str = "") -> Iterator[Any]:
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from cltm.progress import counting_progress
 
-    with Progress(
-        TextColumn(f"CLTM sweep{' (' + what + ')' if what else ''}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("layers"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),  # after the first layer: whether to switch back-end or narrow --layers
-        transient=True,
-    ) as bar:
+    # the ETA after the first layer tells whether to switch back-end or narrow --layers
+    title = f"CLTM sweep{' (' + what + ')' if what else ''}"
+    with counting_progress("layers", title=title, enabled=enabled, transient=True) as bar:
         task = bar.add_task("layers", total=total)
         yield lambda: bar.advance(task)
 
