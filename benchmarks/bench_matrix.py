@@ -1,14 +1,15 @@
-"""CLTM sweep speed: ``run_matrix`` against the naive loop (one estimator fit per (layer, seed, condition,
-cell)).
+"""CLTM sweep speed: ``run_matrix`` against the naive loop (one estimator fit per (layer, seed, cell)).
 
 Synthetic embeddings (dim 768, 13 layers, 10 seeds by default):
 
 * gender: 10 languages, N = 60 per class, L2 logistic probe. The naive loop trains one
   ``LogisticProbe`` per (layer, seed, condition, target, donor) on exactly the same subsets (``naive=True``).
-* speaker: 10 languages, N = 1000 utterances, PLDA (PCA to 200 dims first). The naive loop trains one back-end
-  on the data of each (layer, seed, condition, target, donor).
-* scale: 54 languages, gender: ``--scale-layers 13 --scale-seeds 10`` runs the whole sweep; fewer are
-  measured and extrapolated to 13 layers x 10 seeds.
+* speaker: 10 languages, N = 1000 utterances, PLDA (PCA to 200 dims first; ``--backend cosine`` for the
+  centred cosine). The naive loop trains one back-end on the data of each (layer, seed, condition, target,
+  donor). It also prints the ceiling any exact fast path has (distinct models vs fits, row passes).
+* scale: 54 languages, gender (``--scale-task speaker`` with ``--backend``: the speaker sweep):
+  ``--scale-layers 13 --scale-seeds 10`` runs the whole sweep; fewer are measured and extrapolated to 13
+  layers x 10 seeds.
 
 Naive loops are measured on a slice of layers/seeds (every run is independent, so time is linear in the number
 of (layer, seed) pairs) and extrapolated; the cell values of both are compared on that slice.
