@@ -2,12 +2,13 @@
 
 A *problem group* is everything one (layer, seed, target) needs: the conditions ``single``, ``self``, every
 ``pair`` and ``zero_shot`` share the target's test set (or trial list), and their training sets are unions of
-the per-language N / 2N subsets. An evaluator takes the whole group, so it can share work across it (DESIGN
-§5):
+the per-language N / 2N subsets. An evaluator takes the whole group, so it can share work across it
+(DESIGN §5):
 
 * classification probes fit all the group's problems with the batched logistic solver of ``cltm.probes``;
 * verification back-ends are built from per-language sufficient statistics that add up (pair = stats(i) +
-  stats(j), self = stats(N of i) + stats(the other N of i)), and the trial embeddings are read once per group.
+  stats(j), self = stats(N of i) + stats(the other N of i)); each target's trial list is scored by all of its
+  models in one call (``score_trials_of_models``), the trial embeddings read once per group.
 
 The estimators, statistics and solvers live in ``cltm.probes``; this module only arranges the work.
 Each evaluator has a ``naive`` twin (one estimator fit per problem) that the tests and benchmarks compare
