@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli._errors import EXIT_FAILED, fail
 from cltm.cli._synth import synth_command
 
 ORDER = 10
@@ -56,13 +57,6 @@ DURATIONS_HELP = (
 CHECK_FILES_HELP = "Fail if any audio file named by the manifest does not exist (lists the first ones)."
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
-    return typer.Exit(code)
-
 
 def _split_list(text: str | None) -> list[str] | None:
     if text is None:
@@ -88,9 +82,9 @@ def _run_import(
     try:
         df = run()
     except (CorpusImportError, ManifestError, FileNotFoundError) as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err), EXIT_FAILED) from err
     except (OSError, pl.exceptions.PolarsError) as err:  # unreadable or corrupt input files
-        raise _fail(f"cannot read the corpus: {err}") from err
+        raise fail(f"cannot read the corpus: {err}", EXIT_FAILED) from err
     assert isinstance(df, pl.DataFrame)
 
     if check_files:
@@ -98,7 +92,8 @@ def _run_import(
         if missing.height:
             shown = "\n  ".join(missing["path"].head(10).to_list())
             more = f"\n  ... and {missing.height - 10} more" if missing.height > 10 else ""
-            raise _fail(f"{missing.height} of {df.height} audio files do not exist:\n  {shown}{more}")
+            message = f"{missing.height} of {df.height} audio files do not exist:\n  {shown}{more}"
+            raise fail(message, EXIT_FAILED)
     if durations:
         from rich.progress import Progress
 
@@ -109,7 +104,7 @@ def _run_import(
     try:
         path = write_manifest(df, out)
     except (ManifestError, ValueError, OSError) as err:
-        raise _fail(f"cannot write {out}: {err}") from err
+        raise fail(f"cannot write {out}: {err}", EXIT_FAILED) from err
     totals = corpus_totals(df)
     speakers = "unknown" if totals.speakers is None else str(totals.speakers)
     hours = f", {_format_hours(totals.hours)} h" if totals.with_duration else ""
@@ -354,9 +349,9 @@ def info_command(
     try:
         df = read_manifest(manifest)
     except ManifestError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err), EXIT_FAILED) from err
     except (FileNotFoundError, ValueError, OSError, pl.exceptions.PolarsError) as err:
-        raise _fail(f"cannot read manifest {manifest}: {err}") from err
+        raise fail(f"cannot read manifest {manifest}: {err}", EXIT_FAILED) from err
     group_by = _split_list(by) or []
     unknown = [c for c in group_by if c not in df.columns and c not in ("gender", "split", "speaker")]
     if unknown:

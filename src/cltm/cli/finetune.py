@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli._errors import EXIT_FAILED, fail
+
 ORDER = 60
 
 HELP = (
@@ -21,13 +23,6 @@ HELP = (
     "cltm.finetune ARGS` (same ARGS as here) spreads the runs over the processes, one whole run per process."
 )
 
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def _seeds(text: str) -> list[int]:
@@ -151,7 +146,7 @@ def finetune_command(
         import torch
 
         if not torch.cuda.is_available():
-            raise _fail("--device cuda: no CUDA device is visible (use --device cpu or auto)")
+            raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_FAILED)
     seed_values = _seeds(seeds)
     try:
         chosen = parse_cells(cells) if cells else []
@@ -193,12 +188,12 @@ def finetune_command(
     except typer.BadParameter:
         raise
     except (FinetuneError, ValueError, FileNotFoundError, OSError, ImportError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err), EXIT_FAILED) from None
     except Exception as err:  # audio errors carry the file; anything else still gets a clean line
         from cltm.audio import AudioError
 
         if isinstance(err, AudioError):
-            raise _fail(f"{err} (fix or remove that manifest row)") from None
+            raise fail(f"{err} (fix or remove that manifest row)", EXIT_FAILED) from None
         raise
 
     if not result.is_main_process:

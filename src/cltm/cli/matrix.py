@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli._errors import fail
+
 ORDER = 50
 
 HELP = (
@@ -20,13 +22,6 @@ HELP = (
     "OUT/skipped.parquet (languages left out and why), and prints a per-layer summary."
 )
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -197,7 +192,7 @@ def matrix_command(
 
     sources = [x for x in (cache, embeddings, from_runs) if x is not None]
     if len(sources) != 1:
-        raise _fail("give exactly one of --cache, --embeddings or --from-runs")
+        raise fail("give exactly one of --cache, --embeddings or --from-runs")
     for path, opt in (
         (cache, "--cache"),
         (embeddings, "--embeddings"),
@@ -207,7 +202,7 @@ def matrix_command(
         (trials, "--trials"),
     ):
         if path is not None and not path.exists():
-            raise _fail(f"{opt} {path}: no such file or directory")
+            raise fail(f"{opt} {path}: no such file or directory")
     from cltm.transfer.evaluators import LOGISTIC_SOLVERS
 
     if solver not in LOGISTIC_SOLVERS:
@@ -219,7 +214,7 @@ def matrix_command(
     try:
         family_map = load_families(families)
     except (OSError, ValueError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
 
     try:
         if from_runs is not None:
@@ -227,7 +222,7 @@ def matrix_command(
             result = result_from_runs(runs, metric=metric, families=family_map)
         else:
             if task is None:
-                raise _fail(
+                raise fail(
                     "--task is required with --cache or --embeddings (gender, speaker or a label column)"
                 )
             from cltm.corpus import read_manifest
@@ -238,7 +233,7 @@ def matrix_command(
 
                 features = Cache.open(cache)
                 if man is not None and man.height != features.manifest.height:
-                    raise _fail(f"--manifest has {man.height} rows, the cache {features.manifest.height}")
+                    raise fail(f"--manifest has {man.height} rows, the cache {features.manifest.height}")
             else:
                 from cltm.transfer.embeddings import load_embeddings
 
@@ -250,7 +245,7 @@ def matrix_command(
                 trial_list = read_table(trials, string_columns=("enroll", "test"))
                 missing = {"enroll", "test", "label"} - set(trial_list.columns)
                 if missing:
-                    raise _fail(
+                    raise fail(
                         f"--trials {trials}: missing column(s) {sorted(missing)}; need enroll, test, label"
                     )
             result = run_matrix(
@@ -277,7 +272,7 @@ def matrix_command(
     except typer.Exit:
         raise
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
 
     write_results(
         out,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli._errors import fail
+
 ORDER = 40
 
 HELP = (
@@ -18,13 +20,6 @@ HELP = (
     "(one row per layer x language), OUT/layer_curve.png, and for --probe wsum OUT/layer_weights.parquet."
 )
 
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}")
-    return typer.Exit(code)
 
 
 def probe_command(
@@ -118,7 +113,7 @@ def probe_command(
                 progress=lambda k: progress.advance(bar, k),
             )
     except ValueError as err:
-        raise _fail(str(err)) from None
+        raise fail(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     result.scores.write_parquet(out / "probe.parquet")
     if result.layer_weights is not None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import polars as pl
 
+from cltm.fileio import atomic_write
+
 __all__ = [
     "COLUMNS",
     "ColumnSpec",
@@ -445,18 +447,9 @@ def write_manifest(df: pl.DataFrame, path: str | os.PathLike[str]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in _PARQUET_SUFFIXES and suffix not in _CSV_SEPARATORS:
         raise ValueError(f"{path}: unknown manifest format {suffix!r}; use .parquet, .csv or .tsv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if suffix in _PARQUET_SUFFIXES:
-            df.write_parquet(tmp)
-        else:
-            df.write_csv(tmp, separator=_CSV_SEPARATORS[suffix])
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    if suffix in _PARQUET_SUFFIXES:
+        return atomic_write(path, df.write_parquet)
+    return atomic_write(path, lambda tmp: df.write_csv(tmp, separator=_CSV_SEPARATORS[suffix]))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ many valid frames a waveform of ``n`` samples produces
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from cltm.fileio import stable_hash
 
 FBANK_ID = "fbank"
 
@@ -41,7 +42,7 @@ _VOLATILE_CONFIG_KEYS = {
 def config_hash(config_dict: dict[str, Any]) -> str:
     """A stable short hash of a model config, ignoring keys that do not change the computation."""
     clean = {k: v for k, v in sorted(config_dict.items()) if k not in _VOLATILE_CONFIG_KEYS}
-    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(clean)
 
 
 def weights_fingerprint(model_dir: str | Path) -> str | None:

@@ -10,14 +10,12 @@ end.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import polars as pl
 
+from cltm.fileio import stable_hash, write_parquet_atomic
 from cltm.transfer.tables import RUNS_COLUMNS, conform
 
 RUNS_FILE = "runs.parquet"
@@ -30,23 +28,7 @@ class FinetuneError(ValueError):
     """A fine-tuning request that cannot run as asked; the message says why and what to do."""
 
 
-def config_hash(config: dict) -> str:
-    """Short stable hash of a JSON-able configuration (sorted keys)."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    """Write to a temporary name in the same directory and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+config_hash = stable_hash
 
 
 def empty_runs() -> pl.DataFrame:

@@ -36,6 +36,8 @@ import numpy as np
 import polars as pl
 import zarr
 
+from cltm.fileio import write_parquet_atomic
+
 FORMAT_VERSION = 1
 STATS = ("mean", "std")
 FAILURE_COLUMNS = ("utt_id", "stage", "error")
@@ -326,9 +328,7 @@ class Cache:
         """Replace this writer's failure table (atomically: temp file + rename)."""
         target = self.path / "failures" / f"{writer}.parquet"
         target.parent.mkdir(exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
-        failures.select(FAILURE_COLUMNS).cast(_failures_schema()).write_parquet(tmp)
-        os.replace(tmp, target)
+        write_parquet_atomic(failures.select(FAILURE_COLUMNS).cast(_failures_schema()), target)
 
     # ------------------------------------------------------------------------------------------ frame level
     def _write_frames_part(self, layer: int, rows: np.ndarray, items: list[np.ndarray], writer: str) -> None:

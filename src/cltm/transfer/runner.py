@@ -11,8 +11,6 @@ whatever the back-end and the number of workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cltm.fileio import stable_hash
 from cltm.transfer.conditions import (
     VERIFICATION_TASKS,
     LanguagePlan,
@@ -69,10 +68,7 @@ def _read_layer(features: Any, layer: int) -> np.ndarray:
     return np.asarray(features[layer], dtype=np.float32)
 
 
-def config_hash(settings: dict[str, Any]) -> str:
-    """A short, stable hash of the sweep settings (JSON with sorted keys)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+config_hash = stable_hash
 
 
 # ------------------------------------------------------------------------------------------------------------

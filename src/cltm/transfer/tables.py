@@ -118,6 +118,47 @@ LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "donor_score": pl.Float64(),
 }
 
+#: Confusion counts of classification runs: one row per (run, true class, predicted class), count > 0.
+#: ``fold`` is null unless the plan is K-fold.
+CONFUSION_COLUMNS: dict[str, pl.DataType] = {
+    "task": pl.String(),
+    "model": pl.String(),
+    "layer": pl.Int64(),
+    "probe": pl.String(),
+    "condition": pl.String(),
+    "target": pl.String(),
+    "donor": pl.String(),
+    "seed": pl.Int64(),
+    "fold": pl.Int64(),
+    "true": pl.String(),
+    "pred": pl.String(),
+    "count": pl.Int64(),
+}
+
+#: Per-utterance predictions (on request): one row per (test utterance, run). ``train_languages`` lists the
+#: languages the model was trained on, joined with "+" in training order (e.g. "de+en" for a pair, "de" then
+#: "en" for sequential transfer: "de>en"); ``scores`` holds one score per class in the order of ``classes``
+#: (probabilities for probes, softmax outputs for fine-tuned models). ``source`` is "probe", "finetune" or
+#: "human" (listener panels compared on the same utterances).
+PREDICTIONS_COLUMNS: dict[str, pl.DataType] = {
+    "utt_id": pl.String(),
+    "task": pl.String(),
+    "model": pl.String(),
+    "layer": pl.Int64(),
+    "probe": pl.String(),
+    "condition": pl.String(),
+    "target": pl.String(),
+    "donor": pl.String(),
+    "train_languages": pl.String(),
+    "seed": pl.Int64(),
+    "fold": pl.Int64(),
+    "true": pl.String(),
+    "pred": pl.String(),
+    "classes": pl.List(pl.String()),
+    "scores": pl.List(pl.Float64()),
+    "source": pl.String(),
+}
+
 #: Languages left out of a sweep and why.
 SKIPPED_COLUMNS: dict[str, pl.DataType] = {"language": pl.String(), "reason": pl.String()}
 
