@@ -31,6 +31,7 @@ import polars as pl
 METRIC_COLUMNS: tuple[str, ...] = (
     "f1",
     "accuracy",
+    "uar",
     "auc",
     "eer",
     "min_dcf_01",
@@ -51,6 +52,7 @@ RUNS_COLUMNS: dict[str, pl.DataType] = {
     "target": pl.String(),
     "donor": pl.String(),
     "seed": pl.Int64(),
+    "fold": pl.Int64(),
     "n_train": pl.Int64(),
     **{name: pl.Float64() for name in METRIC_COLUMNS},
     "source": pl.String(),
@@ -198,6 +200,8 @@ class MatrixResult:
     properties: pl.DataFrame
     skipped: pl.DataFrame = field(default_factory=lambda: empty_frame(SKIPPED_COLUMNS))
     language_scores: pl.DataFrame = field(default_factory=lambda: empty_frame(LANGUAGE_SCORES_COLUMNS))
+    confusion: pl.DataFrame = field(default_factory=lambda: empty_frame(CONFUSION_COLUMNS))
+    predictions: pl.DataFrame = field(default_factory=lambda: empty_frame(PREDICTIONS_COLUMNS))
 
 
 def write_results(
