@@ -408,3 +408,7 @@ def info_command(
         console.print(f"summary written to {save}")
     if check_files and missing.height:
         raise typer.Exit(1)
+
+
+# the emotional-speech corpus presets add their `import` sub-commands (emodb, ravdess, cremad, esd, iemocap)
+from cltm.cli import _corpus_presets  # noqa: E402, F401

@@ -628,3 +628,8 @@ def add_durations(
         if progress is not None:
             progress(1)
     return df.with_columns(pl.Series("duration", durations, dtype=pl.Float64))
+
+
+# The emotional-speech corpus presets (emodb, ravdess, cremad, esd, iemocap) register themselves here;
+# imported last because they build on the helpers above.
+from cltm.corpus import presets as _presets  # noqa: E402, F401
