@@ -320,6 +320,37 @@ def _hours_cell(hours: float, with_duration: int, utterances: int) -> str:
     return _format_hours(hours)
 
 
+def _print_class_balance(
+    console, balance, task: str, label: str, classes: list[str], df, n: int | None
+) -> None:
+    """The class-balance table of `info --task`, then one warning per language short of N per class."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cltm.corpus.info import class_shortfalls
+
+    counts = [c for c in balance.columns if c in classes or c in ("(other)", "total")]
+    groups = [c for c in balance.columns if c not in counts]
+    table = Table(title=f"task {task}: utterances per {label} class", title_justify="left")
+    for column in groups:
+        table.add_column(column)
+    for column in counts:
+        table.add_column(column, justify="right")
+    for row in balance.iter_rows(named=True):
+        cells = ["-" if row[c] is None else str(row[c]) for c in groups]
+        table.add_row(*cells, *(str(row[c]) for c in counts))
+    console.print(table)
+    if "(other)" in counts:
+        console.print(f"(other) = rows whose {label} is missing or not one of the task's classes.")
+    if n is None:
+        return
+    shortfalls = class_shortfalls(df, label, n, classes=classes)
+    for shortfall in shortfalls:
+        console.print(f"[yellow]warning:[/yellow] {escape(shortfall.message(n))}")
+    if not shortfalls:
+        console.print(f"every language can supply N={n} per class ({2 * n} training rows per class).")
+
+
 @corpus_app.command("info")
 def info_command(
     manifest: Path = typer.Argument(..., help="Manifest file (.parquet, .csv or .tsv).", show_default=False),
@@ -330,13 +361,30 @@ def info_command(
         False, "--check-files", help="Also count audio files that do not exist."
     ),
     save: Path = typer.Option(
-        None, "--save", help="Also write the summary table to this file (.csv, .tsv or .parquet)."
+        None,
+        "--save",
+        help="Also write the summary table to this file (.csv, .tsv or .parquet); with --task, the class "
+        "balance table.",
+    ),
+    task: str = typer.Option(
+        None,
+        "--task",
+        help="A classification task (emotion, gender, or any label column): also show its class balance per "
+        "--by group, and check every language against --n.",
+    ),
+    n: int = typer.Option(
+        None,
+        "--n",
+        min=1,
+        help="With --task: warn where a language cannot supply N utterances per class (the matrix draws 2N "
+        "per class from the train split and needs every class in the test split).",
     ),
 ) -> None:
     """Summarise a manifest: utterances, speakers and hours per language x gender x split.
 
     The manifest is validated first (every problem is listed with its row). Hours need durations: they are
-    shown as unknown until extraction (or `cltm corpus import ... --durations`) fills them in.
+    shown as unknown until extraction (or `cltm corpus import ... --durations`) fills them in. With --task,
+    also the utterances per class of the task's label per group, and (with --n) which languages are short.
     """
     import polars as pl
     from rich.console import Console
@@ -359,8 +407,19 @@ def info_command(
             f"{', '.join(unknown)} not in the manifest; its columns: {', '.join(df.columns)}",
             param_hint="'--by'",
         )
+    if n is not None and task is None:
+        raise typer.BadParameter("--n needs --task (the label whose classes are counted)", param_hint="'--n'")
     summary = summarize(df, by=group_by)
     totals = corpus_totals(df)
+    balance = None
+    if task is not None:
+        from cltm.corpus.info import class_balance, task_classes
+
+        try:
+            label, classes = task_classes(df, task)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="'--task'") from err
+        balance = class_balance(df, label, by=group_by, classes=classes)
 
     table = Table(title=f"{manifest}", title_justify="left")
     for column in group_by:
@@ -389,6 +448,9 @@ def info_command(
             "hours are unknown for rows without a duration until extraction fills them in "
             "(or re-import with --durations)."
         )
+    if balance is not None:
+        _print_class_balance(console, balance, task, label, classes, df, n)
+        summary = balance
     if check_files:
         missing = missing_files(df)
         console.print(f"missing audio files: {missing.height} of {df.height}")

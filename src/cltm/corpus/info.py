@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import polars as pl
 
-__all__ = ["SUMMARY_BY", "CorpusTotals", "corpus_totals", "summarize"]
+__all__ = [
+    "SUMMARY_BY",
+    "ClassShortfall",
+    "CorpusTotals",
+    "class_balance",
+    "class_shortfalls",
+    "corpus_totals",
+    "summarize",
+    "task_classes",
+]
 
 #: The default grouping of :func:`summarize`.
 SUMMARY_BY: tuple[str, ...] = ("language", "gender", "split")
@@ -75,3 +84,107 @@ def corpus_totals(df: pl.DataFrame) -> CorpusTotals:
         hours=float(row["hours"] or 0.0),
         with_duration=int(row["with_duration"]),
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Class balance for a classification task (``cltm corpus info --task``)
+# ----------------------------------------------------------------------------------------------------------
+
+# The binary gender task's classes; other values are left out of it (DESIGN §3.1).
+_GENDER_CLASSES: tuple[str, ...] = ("female", "male")
+
+
+def task_classes(df: pl.DataFrame, task: str) -> tuple[str, list[str]]:
+    """``(label column, classes)`` of a classification task on this manifest.
+
+    Local stand-in for the task registry (``cltm.tasks``): ``gender`` classifies female/male, any other task
+    names a label column whose non-null values are its classes (sorted). ``speaker`` (verification) has no
+    classes and is refused, as is a column the manifest lacks.
+    """
+    if task == "speaker":
+        raise ValueError("speaker is a verification task: it has no classes to balance (use --by speaker)")
+    if task not in df.columns:
+        raise ValueError(
+            f"the manifest has no {task!r} column to use as task labels; its columns: {', '.join(df.columns)}"
+        )
+    if task == "gender":
+        return "gender", list(_GENDER_CLASSES)
+    return task, sorted(map(str, df[task].drop_nulls().unique().to_list()))
+
+
+def class_balance(
+    df: pl.DataFrame, label: str, *, by: Sequence[str] = SUMMARY_BY, classes: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Utterances per class of ``label`` for every combination of ``by`` values: one row per group, one
+    column per class (in ``classes`` order; default: the sorted non-null values), then ``total``.
+
+    Rows whose label is null or not one of ``classes`` are counted in an ``(other)`` column when there are
+    any, so the counts always add up to the group's utterances. A ``by`` column the manifest lacks is null.
+    """
+    by = [c for c in by if c != label]
+    df = _with_group_columns(df, by)
+    classes = list(classes) if classes is not None else sorted(map(str, df[label].drop_nulls().unique()))
+    value = pl.col(label).cast(pl.String)
+    counts = [(value == c).fill_null(False).sum().cast(pl.UInt32).alias(c) for c in classes]
+    other = (~value.is_in(classes)).fill_null(True).sum().cast(pl.UInt32).alias("(other)")
+    if by:
+        out = df.group_by(by).agg(*counts, other, pl.len().cast(pl.UInt32).alias("total"))
+        out = out.sort(by, nulls_last=True)
+    else:
+        out = df.select(*counts, other, pl.len().cast(pl.UInt32).alias("total"))
+    if out["(other)"].sum() == 0:
+        out = out.drop("(other)")
+    return out
+
+
+@dataclass(frozen=True)
+class ClassShortfall:
+    """A language that cannot supply ``n`` per class: per short class, the rows it has."""
+
+    language: str
+    pool: str  # "train split" or "all rows (no split)"
+    have: dict[str, int]  # class -> training rows available, only the classes that are short
+    test_missing: tuple[str, ...]  # classes with no test row (only when the manifest has a split)
+
+    def message(self, n: int) -> str:
+        parts = []
+        if self.have:
+            short = ", ".join(f"{c} {k}" for c, k in self.have.items())
+            parts.append(
+                f"needs {2 * n} training rows per class (2N for the matrix's own-language condition, N={n}); "
+                f"{self.pool} has only {short}"
+            )
+        if self.test_missing:
+            parts.append(f"no test rows of {', '.join(self.test_missing)}")
+        return f"{self.language}: " + "; ".join(parts)
+
+
+def class_shortfalls(
+    df: pl.DataFrame, label: str, n: int, *, classes: Sequence[str] | None = None
+) -> list[ClassShortfall]:
+    """Languages that cannot supply ``n`` utterances per class, as the CLTM plan needs them.
+
+    The plan draws 2N per class (the own-language ``i+i`` condition) from a language's ``train`` split and
+    tests on its ``test`` split, which must hold every class. With a complete ``split`` column those are
+    counted; without one (cltm then holds out about a quarter of the speakers for testing) every row counts
+    as training data, so the check is a necessary condition only. Classes default to the non-null values
+    of ``label`` over the whole manifest: a language that lacks a class has 0 of it.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    classes = list(classes) if classes is not None else sorted(map(str, df[label].drop_nulls().unique()))
+    has_split = "split" in df.columns and df.height > 0 and df["split"].null_count() == 0
+    out = []
+    for language in sorted(map(str, df["language"].unique())):
+        rows = df.filter(pl.col("language") == language)
+        train = rows.filter(pl.col("split") == "train") if has_split else rows
+        counts = dict(train.group_by(pl.col(label).cast(pl.String)).len().iter_rows())
+        short = {c: int(counts.get(c, 0)) for c in classes if counts.get(c, 0) < 2 * n}
+        test_missing: tuple[str, ...] = ()
+        if has_split:
+            in_test = set(rows.filter(pl.col("split") == "test")[label].cast(pl.String).drop_nulls())
+            test_missing = tuple(c for c in classes if c not in in_test)
+        if short or test_missing:
+            pool = "train split" if has_split else "all rows (no split)"
+            out.append(ClassShortfall(language, pool, short, test_missing))
+    return out
