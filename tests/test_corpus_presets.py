@@ -327,7 +327,7 @@ def test_cremad_labels_levels_and_demographics(tmp_path):
     assert any("1091" in w and "gender is missing" in w for w in report.warnings)
     assert report.unmatched == ["AudioWAV/1001_DFA_ANG.wav"]
     dupes = [items for reason, items in report.skipped.items() if "twice" in reason]
-    assert len(dupes) == 1 and dupes[0][0].endswith("AudioMP3/1001_DFA_ANG_XX.mp3")
+    assert dupes == [["AudioMP3/1001_DFA_ANG_XX.mp3"]]
 
 
 def test_cremad_without_demographics_warns_and_leaves_gender_missing(tmp_path):
@@ -668,6 +668,7 @@ def test_class_shortfalls_match_the_plan_rule(seed, n):
         ]
         if short or no_test:
             assert found[language].have == short
+            assert found[language].pool == ("train split" if has_split else "all rows (no split)")
             assert list(found[language].test_missing) == no_test
         else:
             assert language not in found
@@ -700,7 +701,9 @@ def test_cli_info_task_shows_the_balance_and_warns_for_short_languages(tmp_path)
     assert "task emotion: utterances per emotion class" in result.output
     # EmoDB has one file per emotion here, and N=1 needs 2N = 2 training rows per class
     assert re.search(r"warning: de: needs 2 training rows per class .* angry 1", result.output)
-    assert re.search(r"warning: en: .*no test rows of", result.output) is None  # no complete split column
+    # ESD's split folders cover only some rows: the test split is not checked, the pool is every row
+    assert re.search(r"warning: en: .*no test rows of", result.output) is None
+    assert "all rows (split incomplete) has only" in result.output
     saved = pl.read_csv(save)
     de = saved.filter(pl.col("language") == "de").row(0, named=True)
     assert (de["angry"], de["boredom"], de["surprised"], de["total"]) == (1, 1, 0, 7)

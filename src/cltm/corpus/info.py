@@ -142,7 +142,7 @@ class ClassShortfall:
     """A language that cannot supply ``n`` per class: per short class, the rows it has."""
 
     language: str
-    pool: str  # "train split" or "all rows (no split)"
+    pool: str  # "train split", "all rows (no split)" or "all rows (split incomplete)"
     have: dict[str, int]  # class -> training rows available, only the classes that are short
     test_missing: tuple[str, ...]  # classes with no test row (only when the manifest has a split)
 
@@ -166,14 +166,21 @@ def class_shortfalls(
 
     The plan draws 2N per class (the own-language ``i+i`` condition) from a language's ``train`` split and
     tests on its ``test`` split, which must hold every class. With a complete ``split`` column those are
-    counted; without one (cltm then holds out about a quarter of the speakers for testing) every row counts
-    as training data, so the check is a necessary condition only. Classes default to the non-null values
+    counted; without one, or with rows that have none (cltm then splits the speakers itself, holding out
+    about a quarter for testing), every row counts as training data, so the check is a necessary condition
+    only. Classes default to the non-null values
     of ``label`` over the whole manifest: a language that lacks a class has 0 of it.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     classes = list(classes) if classes is not None else sorted(map(str, df[label].drop_nulls().unique()))
     has_split = "split" in df.columns and df.height > 0 and df["split"].null_count() == 0
+    if has_split:
+        pool = "train split"
+    elif "split" in df.columns and df["split"].null_count() < df.height:
+        pool = "all rows (split incomplete)"
+    else:
+        pool = "all rows (no split)"
     out = []
     for language in sorted(map(str, df["language"].unique())):
         rows = df.filter(pl.col("language") == language)
@@ -185,6 +192,5 @@ def class_shortfalls(
             in_test = set(rows.filter(pl.col("split") == "test")[label].cast(pl.String).drop_nulls())
             test_missing = tuple(c for c in classes if c not in in_test)
         if short or test_missing:
-            pool = "train split" if has_split else "all rows (no split)"
             out.append(ClassShortfall(language, pool, short, test_missing))
     return out

@@ -275,7 +275,9 @@ def _row(corpus: str, stem: str, path: Path, **fields: Any) -> dict[str, Any]:
     return {"utt_id": f"{corpus}/{stem}", "path": os.path.abspath(path), "corpus": corpus, **fields}
 
 
-def _dedupe(rows: list[dict[str, Any]], report: PresetReport, extensions: Sequence[str]) -> list[dict]:
+def _dedupe(
+    rows: list[dict[str, Any]], report: PresetReport, extensions: Sequence[str], root: Path
+) -> list[dict]:
     """One row per utt_id: the same recording in two formats (CREMA-D ships AudioWAV and AudioMP3) keeps the
     format listed first in ``extensions``; the others are reported."""
     rank = {e.lower() if e.startswith(".") else f".{e.lower()}": i for i, e in enumerate(extensions)}
@@ -292,7 +294,10 @@ def _dedupe(rows: list[dict[str, Any]], report: PresetReport, extensions: Sequen
             else (old, new)
         )
         best[key] = keep
-        report.skip("same recording found twice (the other copy is kept)", drop["path"])
+        report.skip(
+            "same recording found twice (the other copy is kept)",
+            Path(os.path.relpath(drop["path"], os.path.abspath(root))).as_posix(),
+        )
     return list(best.values())
 
 
@@ -760,7 +765,7 @@ def load_preset(
         raise CorpusImportError(
             f"{root}: " + report.lines()[0] + " (--strict: nothing written; drop --strict to skip them)"
         )
-    rows = _dedupe(rows, report, settings.extensions)
+    rows = _dedupe(rows, report, settings.extensions, root)
     if not rows:
         examples = ", ".join(report.unmatched[:3])
         examples = f"; files found that do not match: {examples}" if examples else ""
