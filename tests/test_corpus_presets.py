@@ -711,3 +711,30 @@ def test_cli_info_task_shows_the_balance_and_warns_for_short_languages(tmp_path)
     assert invoke("corpus", "info", path, "--n", "3").exit_code == 2
     unknown = invoke("corpus", "info", path, "--task", "valence")
     assert unknown.exit_code == 2 and "no 'valence' column" in unknown.output
+
+
+# ---------------------------------------------------------------------------------------------- combine
+
+
+def test_cli_combine_unites_corpora_and_refuses_a_repeated_utt_id(tmp_path):
+    build_emodb(tmp_path / "emodb")
+    build_cremad(tmp_path / "cremad")
+    build_iemocap(tmp_path / "iemocap")
+    parts = []
+    for name in ("emodb", "cremad", "iemocap"):
+        out = tmp_path / f"{name}.parquet"
+        assert invoke("corpus", "import", name, tmp_path / name, "--out", out, "-q").exit_code == 0
+        parts.append(out)
+    combined = tmp_path / "all.parquet"
+    result = invoke("corpus", "combine", *parts, "--out", combined)
+    assert result.exit_code == 0, result.output
+    df = read_manifest(combined)
+    expected = pl.concat([read_manifest(p) for p in parts], how="diagonal_relaxed")
+    assert df["utt_id"].to_list() == expected["utt_id"].to_list()
+    assert df["emotion"].to_list() == expected["emotion"].to_list()
+    assert df["corpus"].unique().sort().to_list() == ["cremad", "emodb", "iemocap"]
+    # a column one corpus lacks is null for its rows, and kept for the others
+    assert df.filter(pl.col("corpus") == "emodb")["valence"].null_count() == 7
+    assert df.filter(pl.col("corpus") == "iemocap")["valence"].null_count() == 0
+    again = invoke("corpus", "combine", parts[0], parts[0], "--out", tmp_path / "twice.parquet")
+    assert again.exit_code == 1 and "utt_id 'emodb/03a01Fa' is in both" in again.output

@@ -1,6 +1,7 @@
-"""`cltm corpus import emodb|ravdess|cremad|esd|iemocap`: the emotional-speech corpus presets.
+"""`cltm corpus import emodb|ravdess|cremad|esd|iemocap`: the emotional-speech corpus presets, and
+`cltm corpus combine` to put their manifests (or any others) into one.
 
-Attached to the `cltm corpus import` group of :mod:`cltm.cli.corpus`; the library side is
+Attached to the `cltm corpus` and `cltm corpus import` groups of :mod:`cltm.cli.corpus`; the library side is
 :mod:`cltm.corpus.presets` (the naming conventions are documented there and in docs/corpus.md).
 """
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cltm.cli.corpus import DURATIONS_HELP, OUT_HELP, _run_import, import_app
+from cltm.cli.corpus import DURATIONS_HELP, OUT_HELP, _run_import, corpus_app, import_app
 
 EMOTIONS_HELP = (
     "Keep only these emotions (comma-separated, in the shared vocabulary: neutral, calm, happy, sad, angry, "
@@ -159,3 +160,23 @@ def import_iemocap_command(
     """
     options = {"emotions": emotions, "merge_excited": merge_excited, "strict": strict}
     _run_preset("iemocap", root, out, options, durations=durations, quiet=quiet)
+
+
+@corpus_app.command("combine")
+def combine_command(
+    manifests: list[Path] = typer.Argument(
+        ...,
+        help="Manifest files to combine (.parquet, .csv or .tsv), e.g. one per corpus.",
+        show_default=False,
+    ),
+    out: Path = _OUT,
+    quiet: bool = _QUIET,
+) -> None:
+    """Combine manifests into one (e.g. EmoDB + ESD + CREMA-D for a cross-lingual emotion study).
+
+    Rows keep the given order; label columns are united (null where a corpus has none). A utt_id found in
+    two files is refused. Relative audio paths are made absolute.
+    """
+    from cltm.corpus.presets import combine_manifests
+
+    _run_import(lambda: combine_manifests(manifests), out, durations=False, check_files=False, quiet=quiet)

@@ -74,6 +74,7 @@ __all__ = [
     "PresetResult",
     "PresetSettings",
     "PresetWarning",
+    "combine_manifests",
     "import_cremad",
     "import_emodb",
     "import_esd",
@@ -878,3 +879,30 @@ def import_iemocap(
 ) -> pl.DataFrame:
     """Import IEMOCAP (``SessionN/sentences/wav`` + ``dialog/EmoEvaluation``); see the module doc."""
     return _import("iemocap", root, report, emotions=emotions, merge_excited=merge_excited, strict=strict)
+
+
+def combine_manifests(paths: Sequence[str | os.PathLike[str]]) -> pl.DataFrame:
+    """Several manifests (e.g. one per corpus preset) -> one, rows in the given order, columns united.
+
+    Each file is read and validated (relative paths resolved against its own directory); a label column
+    missing from one file is null for its rows. A ``utt_id`` in more than one file is refused, naming both.
+    """
+    from cltm.corpus.manifest import read_manifest
+
+    if not paths:
+        raise CorpusImportError("no manifest to combine")
+    frames, owner = [], {}
+    for path in paths:
+        frame = read_manifest(path)
+        for utt in frame["utt_id"].to_list():
+            if utt in owner:
+                raise CorpusImportError(
+                    f"utt_id {utt!r} is in both {owner[utt]} and {path}; each utterance may appear once"
+                )
+            owner[utt] = path
+        frames.append(frame)
+    try:
+        df = pl.concat(frames, how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:  # the same label column with incompatible types
+        raise CorpusImportError(f"cannot combine {', '.join(map(str, paths))}: {exc}") from exc
+    return _finish(df, ", ".join(map(str, paths)))
