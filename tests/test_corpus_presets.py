@@ -681,6 +681,8 @@ def test_task_classes_for_gender_speaker_and_missing_columns():
         task_classes(df, "speaker")
     with pytest.raises(ValueError, match="no 'emotion' column"):
         task_classes(df, "emotion")
+    with pytest.raises(ValueError, match="floating-point"):
+        task_classes(df.with_columns(valence=pl.lit(2.5)), "valence")
 
 
 def test_cli_info_task_shows_the_balance_and_warns_for_short_languages(tmp_path):

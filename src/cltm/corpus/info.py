@@ -99,7 +99,7 @@ def task_classes(df: pl.DataFrame, task: str) -> tuple[str, list[str]]:
 
     Local stand-in for the task registry (``cltm.tasks``): ``gender`` classifies female/male, any other task
     names a label column whose non-null values are its classes (sorted). ``speaker`` (verification) has no
-    classes and is refused, as is a column the manifest lacks.
+    classes and is refused, as are a column the manifest lacks and a column of floats (scores, durations).
     """
     if task == "speaker":
         raise ValueError("speaker is a verification task: it has no classes to balance (use --by speaker)")
@@ -107,6 +107,8 @@ def task_classes(df: pl.DataFrame, task: str) -> tuple[str, list[str]]:
         raise ValueError(
             f"the manifest has no {task!r} column to use as task labels; its columns: {', '.join(df.columns)}"
         )
+    if df.schema[task].is_float():
+        raise ValueError(f"the column {task!r} holds floating-point numbers, not class labels")
     if task == "gender":
         return "gender", list(_GENDER_CLASSES)
     return task, sorted(map(str, df[task].drop_nulls().unique().to_list()))
