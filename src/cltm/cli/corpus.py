@@ -472,5 +472,5 @@ def info_command(
         raise typer.Exit(1)
 
 
-# the emotional-speech corpus presets add their `import` sub-commands (emodb, ravdess, cremad, esd, iemocap)
+# the emotional-speech corpus presets add `import emodb|ravdess|cremad|esd|iemocap` and `combine`
 from cltm.cli import _corpus_presets  # noqa: E402, F401
