@@ -100,8 +100,9 @@ def _group_figure(
         part = groups.filter(pl.col("language") == language).sort("group")
         x = list(range(part.height))
         values = part["value"].to_list()
-        low = [v - lo for v, lo in zip(values, part["ci_low"].to_list(), strict=True)]
-        high = [hi - v for v, hi in zip(values, part["ci_high"].to_list(), strict=True)]
+        # a percentile interval need not contain the point estimate: clip the bars, never negative
+        low = [max(v - lo, 0.0) for v, lo in zip(values, part["ci_low"].to_list(), strict=True)]
+        high = [max(hi - v, 0.0) for v, hi in zip(values, part["ci_high"].to_list(), strict=True)]
         colours = [_NATIVE if n else _NON_NATIVE for n in part["native"].to_list()]
         ax.bar(x, values, color=colours, yerr=[low, high], capsize=3)
         ax.set_xticks(x, part["group"].to_list(), rotation=45, ha="right")
