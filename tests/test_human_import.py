@@ -108,6 +108,10 @@ def test_missing_columns_are_named_with_the_table_columns():
     assert "response=answer" in problems[0] and "subject, L1, stimulus, RT" in problems[0]
 
 
+def test_an_empty_table_is_refused():
+    assert _problems(_table().head(0)) == ["the table has no answers (no data rows)"]
+
+
 def test_classes_can_be_restricted_and_manifest_labels_outside_them_are_reported():
     settings = ListenerImport(columns=MAP, classes=("Anger", "happiness", "sad"))
     problems = _problems(_table(), settings)

@@ -210,6 +210,8 @@ def validate_listeners(
                 f"and its {task!r} label"
             )
         )
+    if table.height == 0:
+        frame_problems.append(Problem("the table has no answers (no data rows)"))
     if frame_problems:
         raise ListenerTableError(frame_problems, source)
     classes = task_classes(manifest, task, settings.classes)
