@@ -290,6 +290,23 @@ def test_listeners_only_and_refused_inputs():
         compare(listeners, preds.with_columns(pl.lit("other").alias("task")), settings)
 
 
+def test_sequential_transfer_is_its_own_setting_and_stays_out_of_the_drops():
+    manifest, answers, preds = _fabricate()
+    listeners = validate_listeners(answers, manifest, ListenerImport(columns=ListenerColumnMap.parse(MAP)))
+    settings = CompareSettings(bootstrap=BootstrapSettings(n_boot=20))
+    sequential = preds.filter(pl.col("condition") == "zero_shot").with_columns(
+        pl.lit("sequential").alias("condition"),
+        (pl.col("train_languages") + ">" + pl.col("target")).alias("train_languages"),
+        pl.col("true").alias("pred"),  # a perfect adapted model: would change every drop if it counted
+    )
+    plain = compare(listeners, preds, settings)
+    both = compare(listeners, pl.concat([preds, sequential]), settings)
+    transfer = both.model_scores.filter(pl.col("setting") == "transfer")
+    assert transfer.height == 3 * 6 and (transfer["accuracy"] == 1.0).all()
+    assert both.drops.equals(plain.drops)
+    assert both.rank_correlation.equals(plain.rank_correlation)
+
+
 def test_human_section_draws_figures_from_the_tables(compared, tmp_path):
     out, _, _, _ = compared
     result = read_comparison(out)
@@ -317,7 +334,7 @@ def test_model_curves_come_from_the_runs_table_when_given(compared):
                 "model": ["m"] * 6,
                 "layer": [0, 1, 0, 1, 1, 1],
                 "probe": ["logreg"] * 6,
-                "condition": ["single", "single", "zero_shot", "zero_shot", "zero_shot", "pair"],
+                "condition": ["single", "single", "zero_shot", "zero_shot", "zero_shot", "sequential"],
                 "target": ["de"] * 6,
                 "donor": ["de", "de", "en", "en", "zh", "en"],
                 "seed": [0] * 6,
@@ -335,6 +352,7 @@ def test_model_curves_come_from_the_runs_table_when_given(compared):
             ("monolingual", 1): 0.9,
             ("cross-lingual", 0): 0.3,
             ("cross-lingual", 1): 0.6,
+            ("transfer", 1): 0.99,
         }
     )
     from_predictions = model_layer_curves(result)

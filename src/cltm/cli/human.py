@@ -129,14 +129,19 @@ def compare_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     mono_conditions: str = typer.Option(
-        "single,monolingual",
+        "single",
         "--mono-conditions",
         help="Prediction conditions that count as monolingual when trained on the test language.",
     ),
     cross_conditions: str = typer.Option(
-        "zero_shot,cross_lingual",
+        "zero_shot",
         "--cross-conditions",
         help="Prediction conditions that count as cross-lingual when trained on one other language.",
+    ),
+    transfer_conditions: str = typer.Option(
+        "sequential",
+        "--transfer-conditions",
+        help="Prediction conditions that count as transfer (trained on another language, then adapted).",
     ),
     all_utterances: bool = typer.Option(
         False,
@@ -176,6 +181,7 @@ def compare_command(
         bootstrap=BootstrapSettings(n_boot=n_boot, level=level, seed=seed),
         mono_conditions=_split(mono_conditions) or (),
         cross_conditions=_split(cross_conditions) or (),
+        transfer_conditions=_split(transfer_conditions) or (),
         same_utterances=not all_utterances,
     )
     console = Console(stderr=True)

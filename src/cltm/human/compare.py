@@ -12,8 +12,9 @@ fields of :class:`HumanComparison`, each a Parquet file):
 * ``recall`` and ``confusion``: per-emotion recall and confusion counts for the same cells.
 * ``model_scores``: accuracy / UAR / macro-F1 per model system and test language from the predictions
   (pooled over seeds and folds), with ``setting`` monolingual (trained on the test language, condition in
-  ``mono_conditions``), cross-lingual (trained on one other language, condition in ``cross_conditions``) or
-  other. By default only the utterances the listeners heard count (``same_utterances``).
+  ``mono_conditions``), cross-lingual (trained on one other language, condition in ``cross_conditions``),
+  transfer (condition in ``transfer_conditions``, e.g. sequential: trained on j, then adapted on the test
+  language) or other. By default only the utterances the listeners heard count (``same_utterances``).
 * ``agreement``: Cohen's kappa and agreement rate (share of utterances with the same label) between each
   listener and each model system (``rater = "listener"``), and between the group's majority vote and the
   system (``rater = "majority"``), on the utterances both labelled. A system's label for an utterance is its
@@ -198,11 +199,13 @@ def _empty(columns: dict[str, pl.DataType]) -> pl.DataFrame:
 @dataclass(frozen=True)
 class CompareSettings:
     """How ``compare`` scores: bootstrap settings, which prediction conditions count as monolingual /
-    cross-lingual, and whether models are scored only on the utterances the listeners heard."""
+    cross-lingual / transfer (the engine's and fine-tuning's names by default), and whether models are
+    scored only on the utterances the listeners heard."""
 
     bootstrap: BootstrapSettings = BootstrapSettings()
-    mono_conditions: tuple[str, ...] = ("single", "monolingual")
-    cross_conditions: tuple[str, ...] = ("zero_shot", "cross_lingual")
+    mono_conditions: tuple[str, ...] = ("single",)
+    cross_conditions: tuple[str, ...] = ("zero_shot",)
+    transfer_conditions: tuple[str, ...] = ("sequential",)
     same_utterances: bool = True
 
 
@@ -475,6 +478,8 @@ def _setting(settings: CompareSettings) -> pl.Expr:
             & (pl.col("train_languages") != pl.col("language"))
         )
         .then(pl.lit("cross-lingual"))
+        .when(pl.col("condition").is_in(list(settings.transfer_conditions)))
+        .then(pl.lit("transfer"))
         .otherwise(pl.lit("other"))
     )
 

@@ -34,6 +34,9 @@ __all__ = ["HumanReportSettings", "human_section", "model_layer_curves"]
 _NATIVE = "#1f4e79"
 _NON_NATIVE = "#9bb7d4"
 _LINES = ("#c0392b", "#27ae60", "#8e44ad", "#d35400")
+#: runs-table condition -> setting drawn, and each setting's line style
+_RUN_SETTINGS = {"single": "monolingual", "zero_shot": "cross-lingual", "sequential": "transfer"}
+_STYLES = (("monolingual", "-"), ("cross-lingual", "--"), ("transfer", ":"))
 
 
 @dataclass(frozen=True)
@@ -54,21 +57,18 @@ def model_layer_curves(
 ) -> pl.DataFrame:
     """Per (source, model, probe, setting, language, layer) the model's mean ``metric``.
 
-    From ``runs`` when given (condition ``single`` = monolingual, ``zero_shot`` = cross-lingual, means over
-    seeds, folds and donors; the full test sets), otherwise from the comparison's ``model_scores`` (the
-    utterances the listeners heard).
+    From ``runs`` when given (condition ``single`` = monolingual, ``zero_shot`` = cross-lingual,
+    ``sequential`` = transfer; means over seeds, folds and donors; the full test sets), otherwise from the
+    comparison's ``model_scores`` (the utterances the listeners heard).
     """
     keys = ["source", "model", "probe", "setting", "language", "layer"]
     task = comparison.scores["task"][0] if comparison.scores.height else None
     if runs is not None and metric in runs.columns and runs.height:
-        part = runs.filter(pl.col("condition").is_in(["single", "zero_shot"]))
+        part = runs.filter(pl.col("condition").is_in(list(_RUN_SETTINGS)))
         if task is not None and "task" in runs.columns:
             part = part.filter(pl.col("task") == task)
         part = part.with_columns(
-            pl.when(pl.col("condition") == "single")
-            .then(pl.lit("monolingual"))
-            .otherwise(pl.lit("cross-lingual"))
-            .alias("setting"),
+            pl.col("condition").replace_strict(_RUN_SETTINGS).alias("setting"),
             pl.col("target").alias("language"),
             pl.col("source").fill_null("probe")
             if "source" in runs.columns
@@ -116,7 +116,7 @@ def _group_figure(
                 & (pl.col("layer") == row["layer"])
                 & (pl.col("language") == language)
             )
-            for setting, style in (("monolingual", "-"), ("cross-lingual", "--")):
+            for setting, style in _STYLES:
                 value = at.filter(pl.col("setting") == setting)[metric]
                 if value.len():
                     label = f"{row['model']}/{row['probe']} L{row['layer']} {setting}"
@@ -145,7 +145,7 @@ def _layer_figure(
             ax.axhline(row["value"], color=colour, linewidth=1)
         for i, (source, model, probe) in enumerate(models):
             colour = _LINES[i % len(_LINES)]
-            for setting, style in (("monolingual", "-"), ("cross-lingual", "--")):
+            for setting, style in _STYLES:
                 line = curves.filter(
                     (pl.col("source") == source)
                     & (pl.col("model") == model)
@@ -273,15 +273,15 @@ def human_section(
     src = _save(_group_figure(groups, curves, best, languages, metric), out, "human_groups", settings)
     parts.append(
         f'<figure><img src="{escape(src)}" alt="listener groups vs models"><figcaption>Listener groups '
-        f"({metric}, dark = native) with each model's monolingual (solid) and cross-lingual (dashed) "
-        "score at its best layer.</figcaption></figure>"
+        f"({metric}, dark = native) with each model's monolingual (solid), cross-lingual (dashed) and "
+        "transfer (dotted) score at its best layer.</figcaption></figure>"
     )
     if curves.height:
         src = _save(_layer_figure(nativeness, curves, languages, metric), out, "human_layers", settings)
         parts.append(
             f'<figure><img src="{escape(src)}" alt="models per layer vs listeners"><figcaption>Model '
-            f"{metric} per layer (solid: monolingual, dashed: cross-lingual) against native and non-native "
-            "listener intervals.</figcaption></figure>"
+            f"{metric} per layer (solid: monolingual, dashed: cross-lingual, dotted: transfer) against "
+            "native and non-native listener intervals.</figcaption></figure>"
         )
     drops_fig = _drops_figure(comparison.drops, comparison.rank_correlation, best)
     if drops_fig is not None:
