@@ -155,6 +155,19 @@ def test_panel_scores_equal_the_library_metrics_per_cell(compared):
         assert row["n_listeners"] == (4 if row["group"] == "native" else 8)
 
 
+def test_listener_scores(compared):
+    out, listeners, _, _ = compared
+    result = read_comparison(out)
+    assert result.listener_scores.height == 12 * 3
+    row = result.listener_scores.filter((pl.col("listener") == "zh-1") & (pl.col("language") == "en")).row(
+        0, named=True
+    )
+    part = listeners.filter((pl.col("listener") == "zh-1") & (pl.col("language") == "en"))
+    assert row["accuracy"] == pytest.approx(float(part["correct"].mean()))
+    assert row["uar"] == pytest.approx(uar(part["true"].to_numpy(), part["response"].to_numpy()))
+    assert row["mean_confidence"] == 3.0 and row["mean_rt"] is None
+
+
 def test_recall_and_confusion_add_up(compared):
     out, listeners, _, _ = compared
     result = read_comparison(out)

@@ -8,7 +8,8 @@ fields of :class:`HumanComparison`, each a Parquet file):
   pooled native / non-native listeners (``level = "nativeness"``, group ``native`` / ``non-native``):
   accuracy, UAR and macro-F1 with two-way bootstrap intervals over listeners and utterances
   (:mod:`cltm.human.stats`). A listener is native for a stimulus when the group equals its language.
-* ``listener_scores``: the same metrics per listener and stimulus language (no intervals).
+* ``listener_scores``: the same metrics per listener and stimulus language (no intervals), with the mean
+  confidence and response time where the table has them.
 * ``recall`` and ``confusion``: per-emotion recall and confusion counts for the same cells.
 * ``model_scores``: accuracy / UAR / macro-F1 per model system and test language from the predictions
   (pooled over seeds and folds), with ``setting`` monolingual (trained on the test language, condition in
@@ -107,6 +108,8 @@ LISTENER_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "native": pl.Boolean(),
     "n_answers": pl.Int64(),
     **{m: pl.Float64() for m in METRICS},
+    "mean_confidence": pl.Float64(),
+    "mean_rt": pl.Float64(),
 }
 RECALL_COLUMNS: dict[str, pl.DataType] = {
     **_CELL,
@@ -431,6 +434,8 @@ def _listener_scores(listeners: pl.DataFrame) -> pl.DataFrame:
                 "native": part["native"][0],
                 "n_answers": part.height,
                 **{m: metrics[m] for m in METRICS},
+                "mean_confidence": part["confidence"].mean(),
+                "mean_rt": part["rt"].mean(),
             }
         )
     return _frame(rows, LISTENER_SCORES_COLUMNS)
