@@ -310,8 +310,11 @@ def _vote(df: pl.DataFrame, keys: list[str], label: str, name: str) -> pl.DataFr
 
 
 def _codes(values: pl.Series, classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[v] for v in values.to_list()], dtype=np.int64)
+    return values.replace_strict(classes, list(range(len(classes))), return_dtype=pl.Int64).to_numpy()
+
+
+def _dense_ids(values: pl.Series) -> np.ndarray:
+    return (values.rank("dense").cast(pl.Int64) - 1).to_numpy()
 
 
 def _cell_rows(
@@ -326,8 +329,8 @@ def _cell_rows(
     response = answers["response"]
     point = classification_metrics(true.to_numpy(), response.to_numpy())
     reps = two_way_bootstrap(
-        answers["listener"].cast(pl.Categorical).to_physical().to_numpy(),
-        answers["utt_id"].cast(pl.Categorical).to_physical().to_numpy(),
+        _dense_ids(answers["listener"]),
+        _dense_ids(answers["utt_id"]),
         _codes(true, classes),
         _codes(response, classes),
         len(classes),
