@@ -23,6 +23,24 @@ MAP_HELP = (
     "Example: --map listener=subject,group=L1,utt_id=stimulus,response=answer,rt=RT"
 )
 
+# one logical line per paragraph: the rich help keeps the line breaks of a docstring
+IMPORT_HELP = (
+    "Validate a listening-test table against the corpus manifest and write it in cltm's listener format."
+    "\n\n"
+    "Every bad row is reported with its row number, value and fix: unknown utt_ids, answers outside the "
+    "task's classes (after normalisation: anger -> angry), duplicate answers of one listener to one "
+    "utterance, a listener in two groups, missing values, non-numeric confidence or response time. "
+    "Nothing is written unless the whole table is valid."
+)
+COMPARE_HELP = (
+    "Score listener groups and compare them with models on the same utterances."
+    "\n\n"
+    "Per listener group x stimulus language (and native / non-native pooled): accuracy, UAR and macro-F1 "
+    "with two-way bootstrap intervals over listeners and utterances, per-emotion recall and confusion; "
+    "listener-vs-model Cohen's kappa and agreement; Spearman correlation of human and model cross-lingual "
+    "drops. Writes Parquet tables to OUT and prints a summary (docs/human.md)."
+)
+
 
 def register(app: typer.Typer) -> None:
     app.add_typer(human_app, name="human")
@@ -35,7 +53,7 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return items or None
 
 
-@human_app.command("import")
+@human_app.command("import", help=IMPORT_HELP)
 def import_command(
     table: Path = typer.Argument(
         ..., help="Listening-test table: .csv, .tsv or .parquet, one row per answer."
@@ -58,11 +76,7 @@ def import_command(
         "manifest's task column. Answers and labels are normalised first (anger -> angry).",
     ),
 ) -> None:
-    """Validate a listening-test table against the manifest and write it in cltm's listener format.
-
-    Every bad row is reported with its row number, value and fix: unknown utt_ids, answers outside the
-    task's classes, duplicate answers of one listener to one utterance, a listener in two groups, missing
-    values, non-numeric confidence or response time. Nothing is written unless the whole table is valid."""
+    """`cltm human import` (its help text: IMPORT_HELP)."""
     import polars as pl
     from rich.console import Console
 
@@ -106,7 +120,7 @@ def import_command(
     )
 
 
-@human_app.command("compare")
+@human_app.command("compare", help=COMPARE_HELP)
 def compare_command(
     listeners: Path = typer.Option(
         ..., "--listeners", "-l", help="Listener table written by `cltm human import`."
@@ -150,12 +164,7 @@ def compare_command(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
-    """Score listener groups and compare them with models on the same utterances.
-
-    Per listener group x stimulus language: accuracy, UAR and macro-F1 with two-way bootstrap intervals
-    (listeners and utterances), per-emotion recall and confusion; listener-vs-model Cohen's kappa and
-    agreement; Spearman correlation of human and model cross-lingual drops. Writes Parquet tables to OUT and
-    prints a summary (docs/human.md)."""
+    """`cltm human compare` (its help text: COMPARE_HELP)."""
     import polars as pl
     from rich.console import Console
 
