@@ -719,7 +719,9 @@ def summary_lines(result: HumanComparison) -> list[str]:
             )
         rank = result.rank_correlation.filter(at_best)
         for r in rank.iter_rows(named=True):
+            few = " (too few pairs to interpret)" if r["n_pairs"] < 4 else ""
             lines.append(
                 f"  Spearman(human drop, model drop) = {r['spearman']:.3f} over {r['n_pairs']} language pairs"
+                + few
             )
     return lines

@@ -119,13 +119,13 @@ def _group_figure(
             for setting, style in _STYLES:
                 value = at.filter(pl.col("setting") == setting)[metric]
                 if value.len():
-                    label = f"{row['model']}/{row['probe']} L{row['layer']} {setting}"
+                    label = f"{row['model']}/{row['probe']} layer {row['layer']} {setting}"
                     ax.axhline(value.mean(), color=colour, linestyle=style, linewidth=1.4, label=label)
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel(metric)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(f"Listener groups (dark: native) vs models at the best layer ({metric})")
     return fig
 
@@ -171,7 +171,7 @@ def _layer_figure(
     axes[0].set_ylabel(metric)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(f"Models per layer vs native / non-native listeners ({metric}; bands: listener intervals)")
     return fig
 
@@ -206,7 +206,7 @@ def _drops_figure(drops: pl.DataFrame, rank: pl.DataFrame, best: pl.DataFrame) -
             pairs["human_drop"],
             pairs["drop"],
             color=colour,
-            label=f"{row['model']}/{row['probe']} L{row['layer']} (Spearman {rho_text})",
+            label=f"{row['model']}/{row['probe']} layer {row['layer']} (Spearman {rho_text})",
         )
         for h, m, a, b in pairs.select("human_drop", "drop", "_from", "_to").iter_rows():
             ax.annotate(f"{a}→{b}", (h, m), fontsize=7, xytext=(3, 3), textcoords="offset points")
