@@ -303,6 +303,39 @@ def test_listeners_only_and_refused_inputs():
         compare(listeners, preds.with_columns(pl.lit("other").alias("task")), settings)
 
 
+def test_cli_compare_refuses_bad_inputs_with_one_line(compared, tmp_path):
+    out, _, preds, _ = compared
+    listeners = out.parent / "listeners.parquet"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["human", "compare", "-l", str(tmp_path / "none.parquet"), "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "no such file" in result.output and "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["human", "compare", "-l", str(listeners), "-p", str(tmp_path), "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--predictions" in result.output
+    preds.with_columns(pl.col("utt_id") + "x").write_parquet(tmp_path / "predictions.parquet")
+    result = runner.invoke(
+        app, ["human", "compare", "-l", str(listeners), "-p", str(tmp_path), "-o", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "no prediction is for an utterance the listeners heard" in result.output
+    assert not (tmp_path / "human_scores.parquet").exists()
+
+
+def test_progress_is_reported_per_cell():
+    manifest, answers, _ = _fabricate()
+    listeners = validate_listeners(answers, manifest, ListenerImport(columns=ListenerColumnMap.parse(MAP)))
+    calls = []
+    compare(
+        listeners,
+        None,
+        CompareSettings(bootstrap=BootstrapSettings(n_boot=5)),
+        progress=lambda *a: calls.append(a),
+    )
+    assert calls == [(i, 15) for i in range(1, 16)]  # 9 group cells + 6 native / non-native cells
+
+
 def test_sequential_transfer_is_its_own_setting_and_stays_out_of_the_drops():
     manifest, answers, preds = _fabricate()
     listeners = validate_listeners(answers, manifest, ListenerImport(columns=ListenerColumnMap.parse(MAP)))

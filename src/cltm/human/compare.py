@@ -257,7 +257,10 @@ def read_predictions(path: str | os.PathLike[str]) -> pl.DataFrame:
     if path.is_dir():
         path = path / "predictions.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; write predictions with the probe or fine-tune step")
+        raise FileNotFoundError(
+            f"{path}: no such file; write predictions with `cltm probe|matrix ... --predictions` or "
+            "`cltm finetune`"
+        )
     df = pl.read_parquet(path)
     missing = [c for c in ("utt_id", "true", "pred") if c not in df.columns]
     if missing:
