@@ -168,9 +168,10 @@ def compare_command(
     import polars as pl
     from rich.console import Console
 
-    from cltm.human.compare import CompareSettings, compare, read_predictions, summary_lines
+    from cltm.human.compare import CompareSettings, compare, summary_lines
     from cltm.human.listeners import read_listeners
     from cltm.human.stats import BootstrapSettings
+    from cltm.human.tables import read_predictions
     from cltm.progress import counting_progress
 
     try:

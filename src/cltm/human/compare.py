@@ -28,20 +28,18 @@ fields of :class:`HumanComparison`, each a Parquet file):
 * ``rank_correlation``: per model (source, model, layer, probe), Spearman's rank correlation between the
   human and the model drops over the language pairs both have.
 
-A model *system* is one (source, model, layer, probe, condition, train_languages).
+A model *system* is one (source, model, layer, probe, condition, train_languages). Column contracts and
+the result object: :mod:`cltm.human.tables`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from cltm.fileio import write_parquet_atomic
 from cltm.human.labels import normalise_labels
 from cltm.human.listeners import LISTENER_COLUMNS
 from cltm.human.stats import (
@@ -50,153 +48,32 @@ from cltm.human.stats import (
     spearman,
     two_way_bootstrap,
 )
+from cltm.human.tables import (
+    AGREEMENT_COLUMNS,
+    CONFUSION_COLUMNS,
+    DROPS_COLUMNS,
+    LISTENER_SCORES_COLUMNS,
+    METRICS,
+    MODEL_KEYS,
+    MODEL_SCORES_COLUMNS,
+    RANK_COLUMNS,
+    RECALL_COLUMNS,
+    SCORES_COLUMNS,
+    SYSTEM_KEYS,
+    UTTERANCE_AGREEMENT_COLUMNS,
+    HumanComparison,
+    empty_table,
+)
 from cltm.probes.metrics import classification_metrics
 from cltm.transfer.tables import PREDICTIONS_COLUMNS, conform
 
 __all__ = [
-    "COMPARISON_FILES",
     "CompareSettings",
-    "HumanComparison",
-    "SYSTEM_KEYS",
     "best_layers",
     "compare",
     "kappa_table",
-    "read_comparison",
-    "read_predictions",
     "summary_lines",
 ]
-
-#: One model system: the predictions of one trained configuration (pooled over seeds and folds).
-SYSTEM_KEYS: tuple[str, ...] = ("source", "model", "layer", "probe", "condition", "train_languages")
-#: One model (for drops and rank correlations): a system without condition and training languages.
-MODEL_KEYS: tuple[str, ...] = ("source", "model", "layer", "probe")
-METRICS: tuple[str, ...] = ("accuracy", "uar", "f1")
-
-_CELL = {
-    "task": pl.String(),
-    "level": pl.String(),
-    "group": pl.String(),
-    "language": pl.String(),
-    "native": pl.Boolean(),
-}
-_SYSTEM = {
-    "source": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
-    "condition": pl.String(),
-    "train_languages": pl.String(),
-}
-
-SCORES_COLUMNS: dict[str, pl.DataType] = {
-    **_CELL,
-    "n_listeners": pl.Int64(),
-    "n_utts": pl.Int64(),
-    "n_answers": pl.Int64(),
-    "metric": pl.String(),
-    "value": pl.Float64(),
-    "ci_low": pl.Float64(),
-    "ci_high": pl.Float64(),
-    "ci_level": pl.Float64(),
-    "n_boot": pl.Int64(),
-}
-LISTENER_SCORES_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "listener": pl.String(),
-    "group": pl.String(),
-    "language": pl.String(),
-    "native": pl.Boolean(),
-    "n_answers": pl.Int64(),
-    **{m: pl.Float64() for m in METRICS},
-    "mean_confidence": pl.Float64(),
-    "mean_rt": pl.Float64(),
-}
-RECALL_COLUMNS: dict[str, pl.DataType] = {
-    **_CELL,
-    "class": pl.String(),
-    "n": pl.Int64(),
-    "recall": pl.Float64(),
-}
-CONFUSION_COLUMNS: dict[str, pl.DataType] = {
-    **_CELL,
-    "true": pl.String(),
-    "pred": pl.String(),
-    "count": pl.Int64(),
-}
-MODEL_SCORES_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    **_SYSTEM,
-    "language": pl.String(),
-    "setting": pl.String(),
-    "n_utts": pl.Int64(),
-    **{m: pl.Float64() for m in METRICS},
-}
-AGREEMENT_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "group": pl.String(),
-    "language": pl.String(),
-    "native": pl.Boolean(),
-    "rater": pl.String(),
-    "listener": pl.String(),
-    **_SYSTEM,
-    "n_utts": pl.Int64(),
-    "kappa": pl.Float64(),
-    "agreement": pl.Float64(),
-}
-UTTERANCE_AGREEMENT_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "group": pl.String(),
-    "utt_id": pl.String(),
-    "language": pl.String(),
-    "native": pl.Boolean(),
-    **_SYSTEM,
-    "true": pl.String(),
-    "model_pred": pl.String(),
-    "majority": pl.String(),
-    "n_listeners": pl.Int64(),
-    "agreement_rate": pl.Float64(),
-    "human_accuracy": pl.Float64(),
-    "model_correct": pl.Boolean(),
-}
-DROPS_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "side": pl.String(),
-    "source": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
-    "from_language": pl.String(),
-    "language": pl.String(),
-    "reference_accuracy": pl.Float64(),
-    "accuracy": pl.Float64(),
-    "drop": pl.Float64(),
-}
-RANK_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "source": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
-    "n_pairs": pl.Int64(),
-    "spearman": pl.Float64(),
-}
-
-#: field of HumanComparison -> (file name, column contract)
-COMPARISON_FILES: dict[str, tuple[str, dict[str, pl.DataType]]] = {
-    "scores": ("human_scores.parquet", SCORES_COLUMNS),
-    "listener_scores": ("listener_scores.parquet", LISTENER_SCORES_COLUMNS),
-    "recall": ("human_recall.parquet", RECALL_COLUMNS),
-    "confusion": ("human_confusion.parquet", CONFUSION_COLUMNS),
-    "model_scores": ("model_scores.parquet", MODEL_SCORES_COLUMNS),
-    "agreement": ("agreement.parquet", AGREEMENT_COLUMNS),
-    "utterance_agreement": ("utterance_agreement.parquet", UTTERANCE_AGREEMENT_COLUMNS),
-    "drops": ("drops.parquet", DROPS_COLUMNS),
-    "rank_correlation": ("rank_correlation.parquet", RANK_COLUMNS),
-}
-
-
-def _empty(columns: dict[str, pl.DataType]) -> pl.DataFrame:
-    return pl.DataFrame(schema=columns)
 
 
 @dataclass(frozen=True)
@@ -210,62 +87,6 @@ class CompareSettings:
     cross_conditions: tuple[str, ...] = ("zero_shot",)
     transfer_conditions: tuple[str, ...] = ("sequential",)
     same_utterances: bool = True
-
-
-@dataclass
-class HumanComparison:
-    """The tables of a listener-vs-model comparison (module docstring; contracts in ``COMPARISON_FILES``)."""
-
-    scores: pl.DataFrame = field(default_factory=lambda: _empty(SCORES_COLUMNS))
-    listener_scores: pl.DataFrame = field(default_factory=lambda: _empty(LISTENER_SCORES_COLUMNS))
-    recall: pl.DataFrame = field(default_factory=lambda: _empty(RECALL_COLUMNS))
-    confusion: pl.DataFrame = field(default_factory=lambda: _empty(CONFUSION_COLUMNS))
-    model_scores: pl.DataFrame = field(default_factory=lambda: _empty(MODEL_SCORES_COLUMNS))
-    agreement: pl.DataFrame = field(default_factory=lambda: _empty(AGREEMENT_COLUMNS))
-    utterance_agreement: pl.DataFrame = field(default_factory=lambda: _empty(UTTERANCE_AGREEMENT_COLUMNS))
-    drops: pl.DataFrame = field(default_factory=lambda: _empty(DROPS_COLUMNS))
-    rank_correlation: pl.DataFrame = field(default_factory=lambda: _empty(RANK_COLUMNS))
-
-    def write(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write every table as ``out_dir/<file>`` (atomic, conformed to its contract)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, (file, columns) in COMPARISON_FILES.items():
-            write_parquet_atomic(conform(getattr(self, name), columns), out / file)
-        return out
-
-
-def read_comparison(directory: str | os.PathLike[str]) -> HumanComparison:
-    """Read the tables written by :meth:`HumanComparison.write` (``cltm human compare --out DIR``)."""
-    directory = Path(directory)
-    if not (directory / COMPARISON_FILES["scores"][0]).is_file():
-        raise FileNotFoundError(
-            f"{directory}: no {COMPARISON_FILES['scores'][0]}; write it with `cltm human compare --out DIR`"
-        )
-    tables = {}
-    for f in fields(HumanComparison):
-        file, columns = COMPARISON_FILES[f.name]
-        path = directory / file
-        tables[f.name] = conform(pl.read_parquet(path), columns) if path.is_file() else _empty(columns)
-    return HumanComparison(**tables)
-
-
-def read_predictions(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """Read ``predictions.parquet`` (a file, or a results directory holding one), checked against the
-    predictions contract's required columns."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "predictions.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file; write predictions with `cltm probe|matrix ... --predictions` or "
-            "`cltm finetune`"
-        )
-    df = pl.read_parquet(path)
-    missing = [c for c in ("utt_id", "true", "pred") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: not a predictions table (missing column(s) {', '.join(missing)})")
-    return conform(df, PREDICTIONS_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -371,7 +192,7 @@ def _cell_rows(
 
 def _frame(rows: list[dict], columns: dict[str, pl.DataType]) -> pl.DataFrame:
     if not rows:
-        return _empty(columns)
+        return empty_table(columns)
     return conform(pl.DataFrame(rows, infer_schema_length=None), columns)
 
 
@@ -510,7 +331,7 @@ def _model_scores(preds: pl.DataFrame, task: str, settings: CompareSettings) -> 
             }
         )
     if not rows:
-        return _empty(MODEL_SCORES_COLUMNS)
+        return empty_table(MODEL_SCORES_COLUMNS)
     frame = pl.DataFrame(rows, infer_schema_length=None)
     return conform(frame.with_columns(_setting(settings).alias("setting")), MODEL_SCORES_COLUMNS)
 
@@ -521,7 +342,7 @@ def _agreement(listeners: pl.DataFrame, preds: pl.DataFrame, task: str) -> tuple
         "group", "language", "native", "listener", "utt_id", "true", "response"
     ).join(model, on="utt_id", how="inner")
     if per_listener.is_empty():
-        return _empty(AGREEMENT_COLUMNS), _empty(UTTERANCE_AGREEMENT_COLUMNS)
+        return empty_table(AGREEMENT_COLUMNS), empty_table(UTTERANCE_AGREEMENT_COLUMNS)
     cell = ["group", "language", "native"]
     listener_kappa = kappa_table(per_listener, [*cell, "listener", *SYSTEM_KEYS], "response", "model_pred")
     majority = _vote(listeners, ["group", "language", "native", "utt_id"], "response", "majority")

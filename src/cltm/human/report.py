@@ -27,7 +27,8 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cltm.human.compare import HumanComparison, best_layers, read_comparison
+from cltm.human.compare import best_layers
+from cltm.human.tables import HumanComparison, read_comparison
 
 __all__ = ["HumanReportSettings", "human_section", "model_layer_curves"]
 
