@@ -13,20 +13,8 @@ from __future__ import annotations
 import polars as pl
 
 from cltm.corpus.manifest import GENDER_ALIASES
-
-try:  # the presets own the shared emotion vocabulary
-    from cltm.corpus.presets import EMOTION_ALIASES as _PRESET_ALIASES
-    from cltm.corpus.presets import EMOTIONS as _PRESET_EMOTIONS
-except ImportError:  # until the corpus presets are merged: the same vocabulary (delete this branch then)
-    _PRESET_EMOTIONS = (
-        "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom", "contempt",
-        "frustration", "excited",
-    )  # fmt: skip
-    _PRESET_ALIASES = {
-        "anger": "angry", "happiness": "happy", "joy": "happy", "sadness": "sad", "fear": "fearful",
-        "anxiety": "fearful", "disgusted": "disgust", "surprise": "surprised", "bored": "boredom",
-        "frustrated": "frustration", "excitement": "excited",
-    }  # fmt: skip
+from cltm.corpus.presets import EMOTION_ALIASES as _PRESET_ALIASES
+from cltm.corpus.presets import EMOTIONS as _PRESET_EMOTIONS
 
 __all__ = ["EMOTION_ALIASES", "normalise_label", "normalise_labels"]
 
