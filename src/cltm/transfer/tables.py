@@ -10,7 +10,8 @@ Three long-form tables (DESIGN §3.3), each with a fixed column list and polars 
 * ``matrices``: one row per (task, model, layer, probe, target, donor) with the CLTM cell, its delta-method
   standard error, the unnormalised ``m``, ``p_positive``, ``unstable`` and the mean performance of every
   condition.
-* ``properties``: one row per (task, model, layer, probe) with the matrix properties of DESIGN §4.1.
+* ``properties``: one row per (task, model, layer, probe) with the matrix properties of DESIGN §4.1 and
+  those of the published reference implementation (``cltm.transfer.properties`` defines every column).
 
 Runs can also be *aggregated*: a table that carries ``seed_count`` and ``<metric>_var`` columns holds, per
 row, the mean over seeds in the metric column and the between-seed variance (ddof=1) next to it; ``seed`` is
@@ -114,9 +115,26 @@ PROPERTIES_COLUMNS: dict[str, pl.DataType] = {
     "mean_across_family": pl.Float64(),
     "top_receiver": pl.String(),
     "top_donor": pl.String(),
+    "n_stable": pl.Int64(),
+    "mean_offdiag_stable": pl.Float64(),
+    "median_offdiag_stable": pl.Float64(),
+    "mean_target_cosine": pl.Float64(),
+    "n_complete_languages": pl.Int64(),
+    "pca_explained_1": pl.Float64(),
+    "pca_explained_2": pl.Float64(),
+    "pca_explained_3": pl.Float64(),
+    "pca_components_80": pl.Int64(),
+    "spectral_radius": pl.Float64(),
+    "condition_number": pl.Float64(),
+    "receiver_entropy": pl.Float64(),
+    "receiver_gini": pl.Float64(),
+    "donor_entropy": pl.Float64(),
+    "donor_gini": pl.Float64(),
+    "within_family_positive_share": pl.Float64(),
 }
 
-#: Per-language receiver / donor scores (row / column sums of the positive off-diagonal parts).
+#: Per-language receiver / donor scores (row / column sums of the positive off-diagonal parts) and how
+#: concentrated each row / column is (entropy in nats and Gini of its positive off-diagonal parts).
 LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "task": pl.String(),
     "model": pl.String(),
@@ -126,6 +144,10 @@ LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "family": pl.String(),
     "receiver_score": pl.Float64(),
     "donor_score": pl.Float64(),
+    "receiver_entropy": pl.Float64(),
+    "receiver_gini": pl.Float64(),
+    "donor_entropy": pl.Float64(),
+    "donor_gini": pl.Float64(),
 }
 
 #: Confusion counts of classification runs: one row per (run, true class, predicted class), count > 0.
