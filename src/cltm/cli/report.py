@@ -33,8 +33,8 @@ def report_command(
     layers: str | None = typer.Option(
         None,
         "--layers",
-        help="Only these layers: `all`, or layers and ranges such as `0,4,8` or `2-6`; negative numbers count "
-        "from the deepest layer in the results (-1 = the deepest). Default: every layer.",
+        help="Only these layers: `all`, or layers and ranges such as `0,4,8` or `2-6`; negative numbers "
+        "count from the deepest layer in the results (-1 = the deepest). Default: every layer.",
     ),
     finetune: list[Path] = typer.Option(
         [],

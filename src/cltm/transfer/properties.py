@@ -31,9 +31,10 @@ At parity with the published reference implementation (``matrix_properties.py`` 
   unknown families are never "same").
 
 PCA, spectral radius and condition number need a complete matrix: they are computed on a square
-core without missing cells (languages with the most missing cells are dropped first; their number is
-``n_complete_languages``), null below 2 languages. With ``exclude_unstable`` the rows flagged unstable are
-left out of every statistic (their count is always reported).
+core without missing cells (languages with the most missing cells are dropped first, a gap in a target row
+counting double; the languages kept are ``n_complete_languages``), null below 2 languages. With
+``exclude_unstable`` the rows flagged unstable are left out of every statistic (their count is always
+reported).
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def complete_core(c: np.ndarray) -> np.ndarray:
         sub = ~np.isfinite(c[np.ix_(keep, keep)])
         if not sub.any():
             break
-        worst = int(np.argmax(sub.sum(axis=0) + sub.sum(axis=1)))
+        # a gap in a row (a target's runs) weighs more than one in a column, so ties drop the target
+        worst = int(np.argmax(2 * sub.sum(axis=1) + sub.sum(axis=0)))
         keep = np.delete(keep, worst)
     return keep
 
@@ -224,6 +226,7 @@ def matrix_properties(
     """
     if matrices.height == 0:
         return empty_frame(PROPERTIES_COLUMNS), empty_frame(LANGUAGE_SCORES_COLUMNS)
+    matrices = conform(matrices, MATRICES_COLUMNS, keep_extra=True)  # optional columns may be absent
     prop_rows, score_rows = [], []
     for key, group in matrices.partition_by(list(MATRIX_KEYS), as_dict=True, maintain_order=True).items():
         keys = dict(zip(MATRIX_KEYS, key, strict=True))

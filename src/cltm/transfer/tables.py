@@ -712,8 +712,9 @@ def validate_runs(runs: pl.DataFrame, source: str = "runs table", *, require_con
             lacking = [c for c in ("single", "self") if c not in present]
             if lacking and set(present) & {"pair", "zero_shot"}:
                 rows = group.filter(pl.col("target") == target)[_ROW].to_list()
+                where = "/".join("–" if k is None else str(k) for k in key)
                 raise RunsTableError(
-                    f"{source}: target {target!r} ({'/'.join('–' if k is None else str(k) for k in key)}) has no "
+                    f"{source}: target {target!r} ({where}) has no "
                     f"{' or '.join(repr(c) for c in lacking)} row, needed by its {_rows_text(rows)}: add the "
                     "missing condition(s) or remove the target's rows"
                 )
