@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from cltm.cli import app
 from cltm.report import build_report
+from cltm.transfer.stats import matrix_from_runs
 from report_fixtures import (
     FAMILIES,
     engine_result,
@@ -313,3 +314,49 @@ def test_cli_report_and_its_errors(tmp_path):
     assert "matrices.parquet" in missing_columns.output
     help_text = runner.invoke(app, ["report", "--help"])
     assert help_text.exit_code == 0 and "--families" in help_text.output
+
+
+REFERENCE_CSV = (
+    "type,lang_src,lang_tgt,auc_mean,auc_var,seed_count\n"
+    "single,ca,,0.80,0.0004,10\ndual,ca,ca,0.86,0.0004,10\ndual,ca,es,0.84,0.0005,10\ndual,ca,de,0.79,0.0005,10\n"
+    "single,es,,0.78,0.0003,10\ndual,es,es,0.85,0.0003,10\ndual,es,ca,0.83,0.0004,10\ndual,es,de,0.80,0.0004,10\n"
+    "single,de,,0.82,0.0003,10\ndual,de,de,0.88,0.0003,10\ndual,de,ca,0.83,0.0004,10\ndual,de,es,0.84,0.0004,10\n"
+)
+
+
+def test_from_runs_output_own_output_and_finetune_output_all_render(tmp_path):
+    """`cltm report` renders the three kinds of results directory (issue: one results object)."""
+    runner = CliRunner()
+    # 1. `cltm matrix --from-runs` of the published reference CSV (no layer in it)
+    csv_path = tmp_path / "speaker_matrix.csv"
+    csv_path.write_text(REFERENCE_CSV)
+    made = runner.invoke(
+        app, ["matrix", "--from-runs", str(csv_path), "--out", str(tmp_path / "ref"), "--quiet"]
+    )
+    assert made.exit_code == 0, made.output
+    shown = runner.invoke(app, ["report", str(tmp_path / "ref"), "--out", str(tmp_path / "ref_report"), "-q"])
+    assert shown.exit_code == 0, shown.output
+    refs = _assert_all_resolve(tmp_path / "ref_report" / "index.html")
+    html = (tmp_path / "ref_report" / "index.html").read_text()
+    assert "layer n/a" in html and any("_Ln-a" in src for src in refs.images)
+    table = pl.read_csv(tmp_path / "ref_report" / "tables" / "speaker-reference-finetune_Ln-a.csv")
+    assert table.filter(pl.col("target") == "ca")["es"][0] == pytest.approx(
+        (0.84 - 0.80) / (0.86 - 0.80), abs=1e-5
+    )
+    # 2. cltm's own output, 3. a fine-tune output directory (runs only) given as the results directory
+    runs, _ = synthetic_runs(3, layers=[0, 1], seeds=2, finetune_targets=3, seed=2)
+    for name, directory in (
+        ("own", write_engine_results(tmp_path / "own", 3, layers=[0, 1], seeds=2)),
+        ("finetune", write_finetune_dir(tmp_path / "ft", runs)),
+    ):
+        done = runner.invoke(app, ["report", str(directory), "--out", str(tmp_path / f"{name}_report"), "-q"])
+        assert done.exit_code == 0, (name, done.output)
+        _assert_all_resolve(tmp_path / f"{name}_report" / "index.html")
+    ft_html = (tmp_path / "finetune_report" / "index.html").read_text()
+    assert "finetune (fine-tune)" in ft_html  # its matrices were computed by the engine from its runs
+    engine = matrix_from_runs(runs.filter((pl.col("source") == "finetune") & (pl.col("task") == "gender")))
+    shown = pl.read_csv(tmp_path / "finetune_report" / "tables" / "gender-tiny-hubert-finetune_L1.csv")
+    for target, donor, value in (
+        engine.filter(pl.col("target") != pl.col("donor")).select("target", "donor", "cltm").iter_rows()
+    ):
+        assert shown.filter(pl.col("target") == target)[donor][0] == pytest.approx(value, abs=1e-5)
