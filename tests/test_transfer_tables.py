@@ -178,6 +178,9 @@ def test_contract_violations_name_the_file_and_column(tmp_path):
     (tmp_path / "s" / SET_MANIFEST).unlink()
     with pytest.raises(ResultsError, match=r"properties.parquet: column 'n_cells'"):
         MatrixResult.read(tmp_path / "s")
+    (tmp_path / "s" / "properties.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ResultsError, match=r"properties.parquet: cannot be read as Parquet"):
+        MatrixResult.read(tmp_path / "s")
 
 
 def test_a_failure_mid_write_leaves_the_previous_set_intact(tmp_path, monkeypatch):

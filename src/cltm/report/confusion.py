@@ -101,16 +101,30 @@ def draw_confusion_grid(panels: list[ConfusionPanel], *, title: str = "") -> Fig
         r, c = divmod(index, n_cols)
         mosaic[r * step + 1 : r * step + 1 + k, c * step : c * step + k] = panel.recall
     cell = min(0.45, max(0.12, 9.0 / (n_cols * step)))
-    fig = Figure(figsize=(n_cols * step * cell + 1.6, n_rows * step * cell + 1.4), layout="constrained")
+    fig = Figure(
+        figsize=(n_cols * step * cell + 2.4, n_rows * step * cell + 2.0),
+        layout="constrained",
+    )
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(mosaic), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
+    label_pt = max(4.0, min(7.0, cell * 72 * 0.35))
+    label_cells = 0.62 * label_pt * max(len(c) for c in shown[0].classes) / (cell * 72) + 0.3
+    # widen the view so the class names (left of the first column, below the last row) are inside it
+    ax.set_xlim(-0.5 - label_cells, n_cols * step - 0.5)
+    ax.set_ylim(n_rows * step + label_cells - 0.5, -0.5)
     annotate = cell * 72 >= 14
     title_pt = max(4.0, min(8.0, cell * 72 * 0.45))
     for index, panel in enumerate(shown):
         r, c = divmod(index, n_cols)
         top, left = r * step + 1, c * step
         ax.text(left - 0.5, top - 0.65, panel.title, fontsize=title_pt, ha="left", va="bottom")
+        if c == 0:  # class names beside the first column of tiles and below the last row
+            for t, name in enumerate(panel.classes):
+                ax.text(left - 0.6, top + t, name, fontsize=label_pt, ha="right", va="center")
+        if r == n_rows - 1 or index + n_cols >= len(shown):
+            for q, name in enumerate(panel.classes):
+                ax.text(left + q, top + k - 0.4, name, fontsize=label_pt, ha="center", va="top", rotation=90)
         if annotate:
             recall = panel.recall
             for t in range(k):
