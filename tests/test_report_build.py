@@ -1,4 +1,4 @@
-"""build_report / `cltm report` end to end on synthetic results: files, links, exports, fine-tune."""
+"""build_report / `cltm report` end to end on engine-made results: files, links, exports, fine-tune."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from typer.testing import CliRunner
 
 from cltm.cli import app
 from cltm.report import build_report
-from cltm.report.synthetic import SYNTHETIC_FAMILIES, make_synthetic_results, write_synthetic_results
+from cltm.transfer.stats import matrix_from_runs
+from report_fixtures import (
+    FAMILIES,
+    engine_result,
+    family,
+    synthetic_runs,
+    write_engine_results,
+    write_finetune_dir,
+)
 
 
 class _Refs(HTMLParser):
@@ -61,16 +69,12 @@ def _assert_all_resolve(index: Path) -> _Refs:
 @pytest.fixture(scope="module")
 def six(tmp_path_factory):
     root = tmp_path_factory.mktemp("six")
-    results = write_synthetic_results(
-        root / "results",
-        6,
-        layers=[0, 12],
-        tasks=("gender", "speaker"),
-        seeds=2,
-        finetune_targets=4,
-        seed=3,
+    runs, confusion = synthetic_runs(
+        6, layers=[0, 12], tasks=("gender", "speaker"), seeds=2, finetune_targets=4, seed=3
     )
-    index = build_report(results, root / "report", families=SYNTHETIC_FAMILIES)
+    # probe and fine-tune runs in one set, as `cltm matrix --from-runs` of both would write it
+    results = engine_result(runs, confusion).write(root / "results")
+    index = build_report(results, root / "report", families=FAMILIES)
     return results, index
 
 
@@ -182,38 +186,28 @@ def test_finetune_section_spearman_matches_a_rank_reference(six):
 
 
 def test_fifty_four_languages_render(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 54, layers=[12], seeds=1, seed=1)
-    index = build_report(results, tmp_path / "out", families=SYNTHETIC_FAMILIES)
+    results = write_engine_results(tmp_path / "r", 54, layers=[12], seeds=2, seed=1)
+    index = build_report(results, tmp_path / "out", families=FAMILIES)
     _assert_all_resolve(index)
     with open(tmp_path / "out" / "tables" / "gender-tiny-hubert-logistic_L12.csv") as handle:
         header = next(csv.reader(handle))
     assert len(header) == 55
     # family order: consecutive donors share a family block (each family appears in one run)
-    families = [SYNTHETIC_FAMILIES[lang] for lang in header[1:]]
+    families = [family(lang) for lang in header[1:]]
     runs = [f for k, f in enumerate(families) if k == 0 or families[k - 1] != f]
     assert len(runs) == len(set(families))
 
 
 def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
     """Results as the CLTM engine writes them; fine-tune runs only (as `cltm finetune` writes) beside them."""
-    from cltm.transfer.properties import matrix_properties
-    from cltm.transfer.stats import matrix_from_runs
-    from cltm.transfer.tables import write_results
-
-    runs, _, _ = make_synthetic_results(5, layers=[1, 2], seeds=3, finetune_targets=3, seed=4)
+    runs, confusion = synthetic_runs(5, layers=[1, 2], seeds=3, finetune_targets=3, seed=4)
     probe_runs = runs.filter(pl.col("source") == "probe")
-    matrices = matrix_from_runs(probe_runs)
-    properties, scores = matrix_properties(matrices, families=SYNTHETIC_FAMILIES)
     skipped = pl.DataFrame({"language": ["xx-YY"], "reason": ["only 3 speakers, 4 needed"]})
-    results = write_results(
-        tmp_path / "results", probe_runs, matrices, properties, language_scores=scores, skipped=skipped
-    )
-    finetune_dir = tmp_path / "ft"
-    finetune_dir.mkdir()
-    runs.filter(pl.col("source") == "finetune").write_parquet(finetune_dir / "runs.parquet")
-    index = build_report(
-        results, tmp_path / "report", families=SYNTHETIC_FAMILIES, finetune_dirs=[finetune_dir]
-    )
+    engine = engine_result(probe_runs, confusion, skipped=skipped)
+    matrices = engine.matrices
+    results = engine.write(tmp_path / "results")
+    finetune_dir = write_finetune_dir(tmp_path / "ft", runs)
+    index = build_report(results, tmp_path / "report", families=FAMILIES, finetune_dirs=[finetune_dir])
     _assert_all_resolve(index)
     html = index.read_text()
     assert "(fine-tune)" in html and "probe vs fine-tune" in html
@@ -233,11 +227,24 @@ def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
         shown = zero.filter(pl.col("target") == target)[donor][0]
         assert math.isclose(shown, own if target == donor else value, abs_tol=1e-6)
     # the engine's properties table is shown (one of its columns)
-    assert "deviation_from_ones" in html
+    assert "deviation_from_ones" in html and "spectral_radius" in html
+    # confusion matrices per language and for the zero-shot pairs, at the best layer, from confusion.parquet
+    assert "Confusion matrices per language" in html and "Confusion matrices zero-shot pairs" in html
+    shown = pl.read_csv(next((tmp_path / "report" / "tables").glob("*-logistic_confusion_single.csv")))
+    expected = (
+        confusion.filter((pl.col("layer") == best) & (pl.col("condition") == "single"))
+        .group_by("target", "true", "pred")
+        .agg(pl.col("count").sum())
+    )
+    for target, true, pred, count in expected.iter_rows():
+        row = shown.filter((pl.col("target") == target) & (pl.col("true") == true) & (pl.col("pred") == pred))
+        assert row["count"].to_list() == [count]
+    zero = pl.read_csv(next((tmp_path / "report" / "tables").glob("*-logistic_confusion_zero_shot.csv")))
+    assert zero.select("target", "donor").unique().height == 5 * 4  # every ordered pair
 
 
 def test_svg_is_shown_when_asked_first(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 3, layers=[5], seeds=1)
+    results = write_engine_results(tmp_path / "r", 3, layers=[5], seeds=2)
     index = build_report(results, tmp_path / "out", formats="svg,png")
     refs = _assert_all_resolve(index)
     assert all(src.endswith(".svg") for src in refs.images)
@@ -245,21 +252,21 @@ def test_svg_is_shown_when_asked_first(tmp_path):
 
 
 def test_layers_selection_and_pdf_only(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 3, layers=[0, 1, 2, 3], seeds=1)
-    index = build_report(results, tmp_path / "out", formats="pdf", layers=[1, 3], families=SYNTHETIC_FAMILIES)
+    results = write_engine_results(tmp_path / "r", 3, layers=[0, 1, 2, 3], seeds=2)
+    index = build_report(results, tmp_path / "out", formats="pdf", layers="1,-1", families=FAMILIES)
     refs = _assert_all_resolve(index)
     figures = sorted(p.name for p in (tmp_path / "out" / "figures").iterdir())
     assert "gender-tiny-hubert-logistic_L1.pdf" in figures and "gender-tiny-hubert-logistic_L1.png" in figures
     assert not any("_L0." in name or "_L2." in name for name in figures)
     assert any(link.endswith(".pdf") for link in refs.links)
-    with pytest.raises(ValueError, match="none of the layers"):
+    with pytest.raises(ValueError, match="layer 40 is out of range"):
         build_report(results, tmp_path / "out2", layers=[40])
     with pytest.raises(ValueError, match="format"):
         build_report(results, tmp_path / "out3", formats=("gif",))
 
 
 def test_cli_report_and_its_errors(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 3, layers=[0, 1], seeds=1)
+    results = write_engine_results(tmp_path / "r", 3, layers=[0, 1], seeds=2)
     families = tmp_path / "fam.tsv"
     families.write_text("language\tfamily\nen\tWest\nde\tWest\nfr\tSouth\n")
     runner = CliRunner()
@@ -286,6 +293,14 @@ def test_cli_report_and_its_errors(tmp_path):
     _assert_all_resolve(out / "index.html")
     bad_layers = runner.invoke(app, ["report", str(results), "--out", str(out), "--layers", "x"])
     assert bad_layers.exit_code != 0 and "--layers" in bad_layers.output
+    every = runner.invoke(
+        app, ["report", str(results), "--out", str(tmp_path / "all"), "--layers", "all", "-q"]
+    )
+    assert every.exit_code == 0, every.output
+    assert {p.name for p in (tmp_path / "all" / "figures").glob("*_L*.png")} == {
+        "gender-tiny-hubert-logistic_L0.png",
+        "gender-tiny-hubert-logistic_L1.png",
+    }
     missing = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(out), "-q"])
     assert missing.exit_code == 2 and "not a directory" in missing.output
     assert "Traceback" not in missing.output
@@ -296,5 +311,52 @@ def test_cli_report_and_its_errors(tmp_path):
     pl.DataFrame({"task": ["g"], "target": ["en"]}).write_parquet(broken / "matrices.parquet")
     missing_columns = runner.invoke(app, ["report", str(broken), "--out", str(out), "-q"])
     assert missing_columns.exit_code == 2 and re.search(r"missing column\(s\).*donor", missing_columns.output)
+    assert "matrices.parquet" in missing_columns.output
     help_text = runner.invoke(app, ["report", "--help"])
     assert help_text.exit_code == 0 and "--families" in help_text.output
+
+
+REFERENCE_CSV = (
+    "type,lang_src,lang_tgt,auc_mean,auc_var,seed_count\n"
+    "single,ca,,0.80,0.0004,10\ndual,ca,ca,0.86,0.0004,10\ndual,ca,es,0.84,0.0005,10\ndual,ca,de,0.79,0.0005,10\n"
+    "single,es,,0.78,0.0003,10\ndual,es,es,0.85,0.0003,10\ndual,es,ca,0.83,0.0004,10\ndual,es,de,0.80,0.0004,10\n"
+    "single,de,,0.82,0.0003,10\ndual,de,de,0.88,0.0003,10\ndual,de,ca,0.83,0.0004,10\ndual,de,es,0.84,0.0004,10\n"
+)
+
+
+def test_from_runs_output_own_output_and_finetune_output_all_render(tmp_path):
+    """`cltm report` renders the three kinds of results directory (issue: one results object)."""
+    runner = CliRunner()
+    # 1. `cltm matrix --from-runs` of the published reference CSV (no layer in it)
+    csv_path = tmp_path / "speaker_matrix.csv"
+    csv_path.write_text(REFERENCE_CSV)
+    made = runner.invoke(
+        app, ["matrix", "--from-runs", str(csv_path), "--out", str(tmp_path / "ref"), "--quiet"]
+    )
+    assert made.exit_code == 0, made.output
+    shown = runner.invoke(app, ["report", str(tmp_path / "ref"), "--out", str(tmp_path / "ref_report"), "-q"])
+    assert shown.exit_code == 0, shown.output
+    refs = _assert_all_resolve(tmp_path / "ref_report" / "index.html")
+    html = (tmp_path / "ref_report" / "index.html").read_text()
+    assert "layer n/a" in html and any("_Ln-a" in src for src in refs.images)
+    table = pl.read_csv(tmp_path / "ref_report" / "tables" / "speaker-reference-finetune_Ln-a.csv")
+    assert table.filter(pl.col("target") == "ca")["es"][0] == pytest.approx(
+        (0.84 - 0.80) / (0.86 - 0.80), abs=1e-5
+    )
+    # 2. cltm's own output, 3. a fine-tune output directory (runs only) given as the results directory
+    runs, _ = synthetic_runs(3, layers=[0, 1], seeds=2, finetune_targets=3, seed=2)
+    for name, directory in (
+        ("own", write_engine_results(tmp_path / "own", 3, layers=[0, 1], seeds=2)),
+        ("finetune", write_finetune_dir(tmp_path / "ft", runs)),
+    ):
+        done = runner.invoke(app, ["report", str(directory), "--out", str(tmp_path / f"{name}_report"), "-q"])
+        assert done.exit_code == 0, (name, done.output)
+        _assert_all_resolve(tmp_path / f"{name}_report" / "index.html")
+    ft_html = (tmp_path / "finetune_report" / "index.html").read_text()
+    assert "finetune (fine-tune)" in ft_html  # its matrices were computed by the engine from its runs
+    engine = matrix_from_runs(runs.filter((pl.col("source") == "finetune") & (pl.col("task") == "gender")))
+    shown = pl.read_csv(tmp_path / "finetune_report" / "tables" / "gender-tiny-hubert-finetune_L1.csv")
+    for target, donor, value in (
+        engine.filter(pl.col("target") != pl.col("donor")).select("target", "donor", "cltm").iter_rows()
+    ):
+        assert shown.filter(pl.col("target") == target)[donor][0] == pytest.approx(value, abs=1e-5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cltm.report import build_report
-from cltm.report.synthetic import SYNTHETIC_FAMILIES, write_synthetic_results
+from report_fixtures import FAMILIES, synthetic_runs, write_engine_results, write_finetune_dir
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 pytestmark = pytest.mark.skipif(
@@ -54,8 +54,10 @@ def test_harness_sees_console_errors(tmp_path):
 
 
 def test_report_opens_without_console_messages(tmp_path):
-    results = write_synthetic_results(tmp_path / "results", 3, layers=[0, 1], seeds=1, finetune_targets=2)
-    index = build_report(results, tmp_path / "report", families=SYNTHETIC_FAMILIES)
+    results = write_engine_results(tmp_path / "results", 3, layers=[0, 1], seeds=2)
+    runs, _ = synthetic_runs(3, layers=[0, 1], seeds=2, finetune_targets=2)
+    finetune = write_finetune_dir(tmp_path / "ft", runs)
+    index = build_report(results, tmp_path / "report", families=FAMILIES, finetune_dirs=[finetune])
     dom, console = _open_in_chromium(index, tmp_path / "profile")
     assert console == [], console
     assert "Cross-Lingual Transfer Matrices" in dom and "<img" in dom

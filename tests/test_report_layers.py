@@ -10,58 +10,49 @@ import pytest
 
 from cltm.report import ReportInputError, build_report, heatmap_data, matrix_latex, resolve_families
 from cltm.report.layers import best_layer, layer_summary, single_performance
-from cltm.report.summaries import donor_receiver_scores, top_pairs
-from cltm.report.synthetic import SYNTHETIC_FAMILIES, make_synthetic_results, write_synthetic_results
+from cltm.report.summaries import top_pairs
+from report_fixtures import FAMILIES, engine_result, synthetic_runs, write_engine_results
 
 
 @pytest.fixture(scope="module")
 def tables():
-    return make_synthetic_results(
-        5, layers=[0, 1, 2], tasks=("speaker",), seeds=3, finetune_targets=2, seed=7
-    )
+    runs, _ = synthetic_runs(5, layers=[0, 1, 2], tasks=("speaker",), seeds=3, seed=7)
+    result = engine_result(runs)
+    return result.runs, result.matrices, result.properties
 
 
-def test_single_performance_matches_a_loop(tables):
-    runs, _, _ = tables
-    probe = runs.filter(pl.col("probe") == "logistic")
-    got = single_performance(runs.filter(pl.col("probe").is_in(["logistic", "finetune"])))
+def test_single_performance_is_the_engines_perf_single(tables):
+    runs, matrices, _ = tables
+    got = single_performance(matrices)
     expected = {}
-    for row in probe.iter_rows(named=True):
-        if row["condition"] == "single" and row["source"] == "probe":
-            expected.setdefault((row["layer"], row["target"]), []).append(row["auc"])  # speaker -> AUC
+    for row in runs.filter(pl.col("condition") == "single").iter_rows(named=True):
+        expected.setdefault((row["layer"], row["target"]), []).append(row["auc"])  # speaker -> AUC
     assert got.height == len(expected)
-    for layer, target, perf, perf_sd, seeds in got.iter_rows():
-        values = expected[(layer, target)]
-        assert seeds == len(values) == 3
-        assert np.isclose(perf, np.mean(values))
-        assert np.isclose(perf_sd, np.std(values, ddof=1))
+    for layer, target, perf in got.iter_rows():
+        assert np.isclose(perf, np.mean(expected[(layer, target)]))
 
 
-def test_layer_summary_and_best_layer(tables):
+def test_layer_summary_reads_the_engines_properties_and_best_layer(tables):
     runs, matrices, properties = tables
-    probe = matrices.filter(pl.col("probe") == "logistic")
-    heatmaps = [heatmap_data(probe.filter(pl.col("layer") == layer)) for layer in (0, 1, 2)]
-    summary = layer_summary(heatmaps)  # no properties: computed here
-    for data, row in zip(heatmaps, summary.iter_rows(named=True), strict=True):
-        stable, everything = [], []
-        for i, target in enumerate(data.rows):
-            for j, donor in enumerate(data.cols):
-                if target == donor:
-                    continue
-                everything.append(data.values[i, j])
-                if not data.unstable[i, j]:
-                    stable.append(data.values[i, j])
-        assert row["layer"] == data.layer
-        assert np.isclose(row["mean_offdiag"], np.mean(stable))
-        assert np.isclose(row["share_positive"], np.mean(np.array(everything) > 0))
-        full = np.where(data.diagonal, 1.0, data.values)
-        assert np.isclose(row["asymmetry"], np.linalg.norm(full - full.T) / np.linalg.norm(full))
-        assert row["n_unstable"] == int(data.unstable.sum())
-    # with the engine's properties table, its share_positive / asymmetry are the ones shown
-    engine = properties.with_columns(pl.lit(0.123).alias("share_positive"), pl.lit(9.0).alias("asymmetry"))
-    shown = layer_summary(heatmaps, engine)
+    summary = layer_summary(properties)
+    for row in summary.iter_rows(named=True):
+        cells = matrices.filter((pl.col("layer") == row["layer"]) & (pl.col("target") != pl.col("donor")))
+        stable = cells.filter(~pl.col("unstable"))["cltm"].drop_nulls().to_numpy()
+        assert row["n_stable"] == stable.size
+        assert np.isclose(row["mean_offdiag_stable"], stable.mean())
+        assert np.isclose(row["median_offdiag_stable"], np.median(stable))
+        assert np.isclose(row["share_positive"], np.mean(cells["cltm"].drop_nulls().to_numpy() > 0))
+        assert row["n_unstable"] == cells.filter(pl.col("unstable")).height
+    # the summary shows what the properties table says, whatever it says (it reads, never recomputes)
+    changed = properties.with_columns(
+        pl.lit(0.123).alias("share_positive"),
+        pl.lit(9.0).alias("asymmetry"),
+        pl.lit(-7.0).alias("mean_offdiag_stable"),
+    )
+    shown = layer_summary(changed)
     assert shown["share_positive"].to_list() == [0.123] * 3 and shown["asymmetry"].to_list() == [9.0] * 3
-    performance = single_performance(runs.filter(pl.col("probe") == "logistic"))
+    assert shown["mean_offdiag_stable"].to_list() == [-7.0] * 3
+    performance = single_performance(matrices)
     layer, criterion = best_layer(performance, summary)
     means = {}
     for row in performance.iter_rows(named=True):
@@ -69,57 +60,72 @@ def test_layer_summary_and_best_layer(tables):
     top = max(np.mean(v) for v in means.values())
     assert layer == min(k for k, v in means.items() if np.mean(v) == top)
     assert "single condition" in criterion
-    # ties go to the shallower layer; without runs the stable mean off-diagonal CLTM decides
+    # ties go to the shallower layer; without Perf(i) the stable mean off-diagonal CLTM decides
     tie = pl.DataFrame({"layer": [3, 3, 1, 1], "target": ["a", "b", "a", "b"], "perf": [0.8, 0.6, 0.6, 0.8]})
     assert best_layer(tie)[0] == 1
-    empty = performance.clear()
-    fallback, why = best_layer(empty, summary)
-    assert fallback == int(summary.sort("mean_offdiag", descending=True)["layer"][0])
+    fallback, why = best_layer(performance.clear(), summary)
+    assert fallback == int(summary.sort("mean_offdiag_stable", descending=True)["layer"][0])
     assert "off-diagonal" in why
 
 
-def test_scores_and_top_pairs_match_loops(tables):
+def test_top_pairs_match_loops(tables):
     _, matrices, _ = tables
-    data = heatmap_data(matrices.filter((pl.col("probe") == "logistic") & (pl.col("layer") == 2)))
-    scores = {r["language"]: r for r in donor_receiver_scores(data).iter_rows(named=True)}
-    for i, target in enumerate(data.rows):
-        receiver = sum(
-            max(data.values[i, j], 0.0) for j in range(len(data.cols)) if i != j and not data.unstable[i, j]
-        )
-        assert np.isclose(scores[target]["receiver"], receiver)
-    for j, donor in enumerate(data.cols):
-        given = sum(
-            max(data.values[i, j], 0.0) for i in range(len(data.rows)) if i != j and not data.unstable[i, j]
-        )
-        assert np.isclose(scores[donor]["donor"], given)
+    data = heatmap_data(matrices.filter(pl.col("layer") == 2))
     positive, negative = top_pairs(data, k=3)
     cells = sorted(
         (data.values[i, j], data.rows[i], data.cols[j])
         for i in range(len(data.rows))
         for j in range(len(data.cols))
-        if i != j and not data.unstable[i, j]
+        if i != j and not data.unstable[i, j] and not np.isnan(data.values[i, j])
     )
     assert positive["cltm"].to_list() == [v for v, _, _ in reversed(cells) if v > 0][:3]
     assert negative["cltm"].to_list() == [v for v, _, _ in cells if v < 0][:3]
 
 
-def test_families_from_files_replace_the_default(tmp_path):
+def test_report_figures_change_when_the_engines_properties_change(tmp_path):
+    """The report draws the engine's properties and language scores: edit them, and its output follows."""
+    from cltm.transfer.tables import MatrixResult
+
+    results = write_engine_results(tmp_path / "r", 4, layers=[0, 1, 2], seeds=2, seed=5)
+    before = build_report(results, tmp_path / "before", families=FAMILIES).parent
+    edited = MatrixResult.read(results)
+    edited.properties = edited.properties.with_columns(
+        (pl.col("mean_offdiag_stable") + 0.5).alias("mean_offdiag_stable"),
+        pl.lit(0.0).alias("share_positive"),
+    )
+    edited.language_scores = edited.language_scores.with_columns(pl.col("donor_score") * 3 + 1)
+    edited.write(results)
+    after = build_report(results, tmp_path / "after", families=FAMILIES).parent
+    stem = "gender-tiny-hubert-logistic"
+    for name in (f"{stem}_layer_curves.png", f"{stem}_donor_receiver.png"):
+        assert (before / "figures" / name).read_bytes() != (after / "figures" / name).read_bytes(), name
+    # the heatmaps do not depend on the properties: unchanged bytes
+    assert (before / "figures" / f"{stem}_L1.png").read_bytes() == (
+        after / "figures" / f"{stem}_L1.png"
+    ).read_bytes()
+    old = pl.read_csv(before / "tables" / f"{stem}_layers.csv")
+    new = pl.read_csv(after / "tables" / f"{stem}_layers.csv")
+    assert np.allclose(new["mean_offdiag_stable"], old["mean_offdiag_stable"] + 0.5)
+    assert new["share_positive"].to_list() == [0.0] * 3
+
+
+def test_families_from_files_are_merged_with_the_shipped_map(tmp_path):
+    shipped = resolve_families(None)
     tsv = tmp_path / "f.tsv"
     tsv.write_text("# comment\nlanguage\tfamily\nen\tA\nde\tB\n")
-    assert resolve_families(tsv) == {"en": "A", "de": "B"}
+    assert resolve_families(tsv) == shipped | {"en": "A", "de": "B"}  # the same meaning as `cltm matrix`
     three = tmp_path / "f3.tsv"
     three.write_text("en\tEnglish\tA\n")
-    assert resolve_families(three) == {"en": "A"}
+    assert resolve_families(three) == shipped | {"en": "A"}
     js = tmp_path / "f.json"
-    js.write_text(json.dumps({"en": "A", "fr": "C"}))
-    assert resolve_families(js) == {"en": "A", "fr": "C"}
+    js.write_text(json.dumps({"en": "A", "xx": "C"}))
+    assert resolve_families(js) == shipped | {"en": "A", "xx": "C"}
     bad = tmp_path / "bad.tsv"
     bad.write_text("en\n")
     with pytest.raises(ReportInputError, match="bad.tsv"):
         resolve_families(bad)
     with pytest.raises(ReportInputError):
         resolve_families(tmp_path / "missing.tsv")
-    shipped = resolve_families(None)
     assert shipped.get("ca") and shipped.get("en")  # the CLTM engine's Common Voice map
     data = heatmap_data(
         pl.DataFrame(
@@ -163,9 +169,9 @@ def test_latex_escapes_and_marks():
 
 
 def test_parallel_heatmaps_give_the_same_files(tmp_path):
-    results = write_synthetic_results(tmp_path / "r", 2, layers=[0, 1], seeds=1)
-    serial = build_report(results, tmp_path / "serial", families=SYNTHETIC_FAMILIES, n_jobs=1).parent
-    parallel = build_report(results, tmp_path / "parallel", families=SYNTHETIC_FAMILIES, n_jobs=2).parent
+    results = write_engine_results(tmp_path / "r", 2, layers=[0, 1], seeds=2)
+    serial = build_report(results, tmp_path / "serial", families=FAMILIES, n_jobs=1).parent
+    parallel = build_report(results, tmp_path / "parallel", families=FAMILIES, n_jobs=2).parent
     names = sorted(p.relative_to(serial).as_posix() for p in serial.rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(parallel).as_posix() for p in parallel.rglob("*") if p.is_file())
     for name in names:

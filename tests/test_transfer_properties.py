@@ -121,7 +121,10 @@ def test_shipped_families_cover_common_voice_locales_and_hyphenated_codes(tmp_pa
     assert family_of("sv-SE", fam) == "Indo-European (Germanic)"
     assert family_of("ga-IE", fam) == "Indo-European (Celtic)"
     assert family_of("es-AR", fam) == family_of("ca", fam) == "Indo-European (Romance)"
-    assert family_of("fi", fam) == "Uralic" and family_of("tr", fam) == "Turkic"
+    assert family_of("tr", fam) == "Turkic" and family_of("hu", fam) == "Uralic"
+    # the published legend where it differs from a plain subfamily split
+    assert family_of("et", fam) == family_of("fi", fam) == "Uralic (Finnic)"
+    assert family_of("hy-AM", fam) == "Indo-European"
     assert family_of("xx-unknown", fam) is None
     tsv = tmp_path / "fam.tsv"
     tsv.write_text("language\tfamily\nca\tCatalan-only\nnew\tNew family\n")
@@ -134,3 +137,89 @@ def test_shipped_families_cover_common_voice_locales_and_hyphenated_codes(tmp_pa
     bad.write_text("justone\n")
     with pytest.raises(ValueError, match="bad.tsv:1"):
         load_families(bad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Properties at parity with the reference implementation, against values computed by hand
+# ----------------------------------------------------------------------------------------------------
+
+SYM = np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _props(c, langs, families=None, unstable_rows=()):
+    rows = [
+        {
+            "task": "gender", "model": "m", "layer": 1, "probe": "logreg", "metric": "f1", "target": t,
+            "donor": d, "cltm": float(c[i, j]), "unstable": t in unstable_rows,
+        }
+        for i, t in enumerate(langs)
+        for j, d in enumerate(langs)
+        if not np.isnan(c[i, j])
+    ]  # fmt: skip
+    props, scores = matrix_properties(pl.DataFrame(rows), families=families)
+    return props.to_dicts()[0], {r["language"]: r for r in scores.to_dicts()}
+
+
+def test_reference_properties_on_a_symmetric_matrix_by_hand():
+    p, scores = _props(SYM, ["a", "b", "c"], families={"a": "F", "b": "F", "c": "G"})
+    # eigenvalues of [[1, .5], [.5, 1]] are 1.5 and 0.5, and 1 for c: radius 1.5; symmetric PD: s = eig
+    assert p["spectral_radius"] == pytest.approx(1.5)
+    assert p["condition_number"] == pytest.approx(1.5 / 0.5)
+    # cos(a, b) = (.5 + .5) / (sqrt(1.25) sqrt(1.25)) = 0.8; a and b are orthogonal to c
+    assert p["mean_target_cosine"] == pytest.approx((0.8 + 0.8 + 0 + 0 + 0 + 0) / 6)
+    # receiver scores (.5, .5, 0): entropy ln 2; Gini of (0, .5, .5) = 2 (0*1 + .5*2 + .5*3) / (3 * 1) - 4/3
+    assert p["receiver_entropy"] == pytest.approx(math.log(2))
+    assert p["receiver_gini"] == pytest.approx(1 / 3) and p["donor_gini"] == pytest.approx(1 / 3)
+    assert p["within_family_positive_share"] == pytest.approx(1.0)  # all positive mass is a<->b
+    assert _props(SYM, ["a", "b", "c"], families={"a": "F", "b": "G", "c": "F"})[0][
+        "within_family_positive_share"
+    ] == pytest.approx(0.0)
+    assert p["n_complete_languages"] == 3
+    # per language: a's row holds one positive cell (b): entropy 0, Gini over (.5, 0) = 1/2
+    assert scores["a"]["receiver_entropy"] == pytest.approx(0.0)
+    assert scores["a"]["receiver_gini"] == pytest.approx(0.5)
+    assert scores["c"]["donor_entropy"] is None  # nothing positive to spread
+
+
+def test_pca_by_hand():
+    # rows (1, 2) and (3, 4): centred they are -(1, 1) and (1, 1), one direction: all the variance in PC 1
+    c = np.array([[1.0, 2.0], [3.0, 4.0]])
+    p, _ = _props(c, ["a", "b"])
+    assert p["pca_explained_1"] == pytest.approx(1.0) and p["pca_explained_2"] == pytest.approx(0.0)
+    assert p["pca_explained_3"] is None and p["pca_components_80"] == 1
+    assert p["spectral_radius"] == pytest.approx((5 + math.sqrt(33)) / 2)
+    # singular values of [[1, 2], [3, 4]]: sqrt(15 +- sqrt(221)) (eigenvalues of A^T A)
+    assert p["condition_number"] == pytest.approx(math.sqrt((15 + math.sqrt(221)) / (15 - math.sqrt(221))))
+    # SYM: explained variance against the covariance eigenvalues computed by loops
+    x = SYM - SYM.mean(axis=0)
+    cov = [[sum(x[r, i] * x[r, j] for r in range(3)) for j in range(3)] for i in range(3)]
+    eig = sorted(np.linalg.eigvalsh(np.array(cov)), reverse=True)
+    p, _ = _props(SYM, ["a", "b", "c"])
+    assert p["pca_explained_1"] == pytest.approx(eig[0] / sum(eig))
+    assert p["pca_explained_2"] == pytest.approx(eig[1] / sum(eig))
+    assert p["pca_components_80"] == (1 if eig[0] / sum(eig) >= 0.8 else 2)
+
+
+def test_stable_summary_and_missing_cells():
+    p, _ = _props(C, LANGS, unstable_rows=("de",))
+    stable = [C[i, j] for i in range(4) for j in range(4) if i != j and i != 1 and not math.isnan(C[i, j])]
+    assert p["n_stable"] == len(stable) == 8
+    assert p["mean_offdiag_stable"] == pytest.approx(np.mean(stable))
+    assert p["median_offdiag_stable"] == pytest.approx(np.median(stable))
+    # fi's row misses one cell: the spectral properties use the complete core without fi
+    assert p["n_complete_languages"] == 3
+    core = C[:3, :3]
+    assert p["spectral_radius"] == pytest.approx(max(abs(np.linalg.eigvals(core))))
+    s = np.linalg.svd(core, compute_uv=False)
+    assert p["condition_number"] == pytest.approx(s[0] / s[-1])
+    # the row cosine skips the missing cell: cos(ca, fi) over de, es, fi only
+    a, b = C[0, 1:], C[3, 1:]
+    sims = {(0, 3): a @ b / (np.linalg.norm(a) * np.linalg.norm(b))}
+    for i in range(3):
+        for k in range(3):
+            if i < k:
+                sims[(i, k)] = C[i] @ C[k] / (np.linalg.norm(C[i]) * np.linalg.norm(C[k]))
+    for i, k in [(1, 3), (2, 3)]:
+        both = [j for j in range(4) if not math.isnan(C[k, j])]
+        sims[(i, k)] = C[i, both] @ C[k, both] / (np.linalg.norm(C[i, both]) * np.linalg.norm(C[k, both]))
+    assert p["mean_target_cosine"] == pytest.approx(np.mean(list(sims.values())))

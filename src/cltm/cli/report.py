@@ -9,34 +9,11 @@ import typer
 ORDER = 70
 
 
-def parse_layers(text: str | None) -> list[int] | None:
-    """``"0,4,8"`` or ``"2-6"`` or ``"0,3-5,12"`` -> sorted layer list (None when not given)."""
-    if text is None or not text.strip():
-        return None
-    layers: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                start, stop = (int(x) for x in part.split("-", 1))
-                if stop < start or start < 0:
-                    raise ValueError
-                layers.update(range(start, stop + 1))
-            else:
-                layers.add(int(part))
-        except ValueError as exc:
-            raise typer.BadParameter(
-                f"{part!r} is not a layer or range; use e.g. --layers 0,4,8 or --layers 2-6",
-                param_hint="--layers",
-            ) from exc
-    return sorted(layers)
-
-
 def report_command(
     results_dir: Path = typer.Argument(
-        ..., help="Results directory written by `cltm matrix --out DIR` (runs/matrices/properties.parquet)."
+        ...,
+        help="Results directory written by `cltm matrix --out DIR` (also with --from-runs) or `cltm finetune "
+        "--out DIR` (runs only: its matrices and properties are computed by the engine).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: index.html, figures/ and tables/."),
     clip: float = typer.Option(
@@ -45,8 +22,8 @@ def report_command(
     families: Path | None = typer.Option(
         None,
         "--families",
-        help="Language -> family map ordering the matrices: TSV `language<TAB>family` or a JSON object. "
-        "Default: the shipped Common Voice map.",
+        help="Language -> family map ordering the matrices: TSV `language<TAB>family` or a JSON object, "
+        "merged with the shipped Common Voice map (its entries win), as in `cltm matrix --families`.",
     ),
     formats: str = typer.Option(
         "png",
@@ -56,7 +33,8 @@ def report_command(
     layers: str | None = typer.Option(
         None,
         "--layers",
-        help="Only these layers, e.g. `0,4,8` or `2-6` (default: every layer in the results).",
+        help="Only these layers: `all`, or layers and ranges such as `0,4,8` or `2-6`; negative numbers "
+        "count from the deepest layer in the results (-1 = the deepest). Default: every layer.",
     ),
     finetune: list[Path] = typer.Option(
         [],
@@ -73,6 +51,7 @@ def report_command(
     charts, properties, probe-vs-fine-tune comparison, CSV/LaTeX exports, all linked from OUT/index.html."""
     from rich.console import Console
 
+    from cltm.cli._errors import fail
     from cltm.progress import counting_progress
     from cltm.report import ReportInputError, build_report, normalise_formats
 
@@ -83,7 +62,12 @@ def report_command(
         raise typer.BadParameter(str(exc), param_hint="--format") from exc
     if families is not None and not families.exists():
         raise typer.BadParameter(f"{families}: file not found", param_hint="--families")
-    layer_list = parse_layers(layers)
+    from cltm.layers import layer_tokens
+
+    try:
+        layer_tokens(layers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--layers") from exc
     progress = counting_progress(
         title="[bold]report[/bold] {task.description}", console=console, enabled=not quiet
     )
@@ -100,17 +84,13 @@ def report_command(
                 clip=clip,
                 families=families,
                 formats=format_list,
-                layers=layer_list,
+                layers=layers,
                 finetune_dirs=finetune,
                 n_jobs=jobs,
                 progress=advance,
             )
-        except (ReportInputError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
+        except (ReportInputError, FileNotFoundError, ValueError) as exc:
+            raise fail(str(exc)) from None
     typer.echo(str(index))
 
 

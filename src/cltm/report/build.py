@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 
 import cltm
+from cltm.layers import parse_layers
 from cltm.report import html
+from cltm.report.confusion import confusion_counts, confusion_csv, confusion_panels, draw_confusion_grid
 from cltm.report.export import heatmap_marks, matrix_wide, write_matrix_csv, write_matrix_latex
 from cltm.report.heatmap import DEFAULT_FADE_RANGE, HeatmapData, draw_heatmap, family_colors, heatmap_data
 from cltm.report.layers import (
@@ -23,20 +26,17 @@ from cltm.report.layers import (
     draw_layer_curves,
     draw_small_multiples,
     layer_summary,
-    perf_column,
     single_performance,
 )
 from cltm.report.results import (
     UNKNOWN_FAMILY,
     ReportInputError,
-    ResultTables,
-    add_runs,
     family_lookup,
-    read_results,
+    layer_text,
+    load_results,
     resolve_families,
 )
 from cltm.report.summaries import (
-    donor_receiver_scores,
     draw_donor_receiver,
     draw_finetune_scatter,
     draw_zero_shot,
@@ -46,6 +46,7 @@ from cltm.report.summaries import (
     top_pairs,
     zero_shot_matrix,
 )
+from cltm.transfer.tables import MatrixResult
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 PAGE_FORMATS = ("png", "svg")
@@ -54,6 +55,8 @@ DPI = 110
 LARGE_DPI = 120
 """Heatmaps past 25 languages get more pixels so that their small annotations stay legible."""
 TOP_PAIRS = 10
+IGNORED_JSON = frozenset({"results-set.json"})
+"""JSON files of a results directory that are not configuration (the results set's manifest)."""
 
 
 @dataclass
@@ -78,6 +81,8 @@ class GroupReport:
     negative: pl.DataFrame = field(default_factory=pl.DataFrame)
     scores_source: str = ""
     zero_shot_csv: str = ""
+    confusion_csv: dict[str, str] = field(default_factory=dict)
+    """``single`` / ``zero_shot`` -> CSV of the confusion panels at the focus layer."""
 
     @property
     def anchor(self) -> str:
@@ -157,7 +162,11 @@ class _Saver:
                 progress(title)
 
 
-def _config(runs: pl.DataFrame, matrices: pl.DataFrame, layers: list[int]) -> dict[str, str]:
+def _layer_stem(layer: int | None) -> str:
+    return slug(layer_text(layer))
+
+
+def _config(runs: pl.DataFrame, matrices: pl.DataFrame, layers: list[int | None]) -> dict[str, str]:
     """The configuration that produced one group's results, as the runs table records it."""
     config: dict[str, str] = {}
 
@@ -177,51 +186,39 @@ def _config(runs: pl.DataFrame, matrices: pl.DataFrame, layers: list[int]) -> di
         )
     elif "n_seeds" in matrices.columns and matrices["n_seeds"].drop_nulls().len():
         config["seeds"] = str(int(matrices["n_seeds"].drop_nulls().max()))
-    metric = values(matrices, "metric") or ([perf_column(runs)] if runs.height else [])
-    config["Perf metric"] = ", ".join(metric) or "–"
+    config["Perf metric"] = ", ".join(values(matrices, "metric")) or "–"
     config["conditions"] = ", ".join(values(runs, "condition")) or "–"
     config["source"] = ", ".join(values(runs, "source")) or "–"
     languages = sorted(set(matrices["target"].to_list()) | set(matrices["donor"].to_list()))
     config["languages"] = f"{len(languages)}: {', '.join(languages)}"
-    config["layers"] = ", ".join(map(str, layers))
+    config["layers"] = ", ".join(map(layer_text, layers))
     return config
 
 
-def _performance(runs: pl.DataFrame, matrices: pl.DataFrame) -> pl.DataFrame:
-    """Perf(i) per layer: from the runs table, else from the matrices' ``perf_single`` column."""
-    performance = single_performance(runs)
-    if performance.height or "perf_single" not in matrices.columns:
-        return performance
-    return (
-        matrices.filter(pl.col("perf_single").is_not_null())
-        .group_by("layer", "target")
-        .agg(pl.col("perf_single").first().alias("perf"))
-        .with_columns(
-            pl.lit(None, dtype=pl.Float64).alias("perf_sd"), pl.lit(None, dtype=pl.UInt32).alias("seeds")
-        )
-        .sort("layer", "target")
+def _scores(scores: pl.DataFrame, data: HeatmapData) -> pl.DataFrame:
+    """The engine's receiver/donor scores (``language_scores``) of one matrix, with the report's families."""
+    chosen = scores.filter(
+        (pl.col("task") == data.task)
+        & (pl.col("model") == data.model)
+        & (pl.col("probe") == data.probe)
+        & pl.col("layer").eq_missing(data.layer)
+    )
+    family = dict(zip(data.rows + data.cols, data.row_families + data.col_families, strict=True))
+    return chosen.select(
+        "language",
+        pl.col("language")
+        .replace_strict(family, default=UNKNOWN_FAMILY, return_dtype=pl.String)
+        .alias("family"),
+        pl.col("receiver_score").alias("receiver"),
+        pl.col("donor_score").alias("donor"),
     )
 
 
-def _scores(tables: ResultTables, data: HeatmapData) -> tuple[pl.DataFrame, str]:
-    """Receiver/donor scores at one layer: the engine's ``language_scores`` table, else computed here."""
-    scores = tables.language_scores
-    if scores.height and {"receiver_score", "donor_score", "language"} <= set(scores.columns):
-        chosen = scores.filter(
-            (pl.col("task") == data.task)
-            & (pl.col("model") == data.model)
-            & (pl.col("probe") == data.probe)
-            & (pl.col("layer") == data.layer)
-        )
-        if chosen.height:
-            family = dict(zip(data.rows + data.cols, data.row_families + data.col_families, strict=True))
-            return chosen.select(
-                "language",
-                pl.col("language").replace_strict(family, default="other").alias("family"),
-                pl.col("receiver_score").alias("receiver"),
-                pl.col("donor_score").alias("donor"),
-            ), "language_scores.parquet (the CLTM engine's definition)"
-    return donor_receiver_scores(data), "computed from the matrix, unstable cells left out"
+def _resolve_layers(spec: str | Sequence[int] | None, present: list[int]) -> list[int] | None:
+    """``--layers`` against the layers in the results (negative = from the deepest one present)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return None
+    return parse_layers(spec, max(present) + 1 if present else 0)
 
 
 def build_report(
@@ -231,7 +228,7 @@ def build_report(
     clip: float = 1.5,
     families: Mapping[str, str] | str | Path | None = None,
     formats: str | Sequence[str] = ("png",),
-    layers: Sequence[int] | None = None,
+    layers: str | Sequence[int] | None = None,
     fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
     finetune_dirs: Sequence[str | Path] = (),
     n_jobs: int = 1,
@@ -239,10 +236,15 @@ def build_report(
 ) -> Path:
     """Render the report of a results directory into ``out_dir``; returns ``out_dir/index.html``.
 
-    ``families``: a language -> family mapping, a TSV/JSON file, or None for the shipped Common Voice map.
+    ``families``: a language -> family mapping, a TSV/JSON file merged with the shipped Common Voice map (as
+    ``cltm matrix --families``), or None for the shipped map. Everything shown comes from the engine's results
+    object (:class:`cltm.transfer.tables.MatrixResult`); what a directory lacks (matrices of fine-tune runs,
+    properties) is computed by the engine's functions, never by the report.
     ``formats``: figure formats written (png, svg, pdf; the page shows PNG or SVG). ``layers``: only these
-    layers (default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose runs are compared with
-    the probe matrices. ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all cores).
+    layers, in the one ``--layers`` grammar (:func:`cltm.layers.parse_layers`; negative numbers count from the
+    deepest layer in the results; default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose
+    runs are compared with the probe matrices. ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all
+    cores).
     ``progress(step, done, total)`` is called after each (task, model, probe) group and each heatmap.
     """
     if clip <= 0:
@@ -250,15 +252,14 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tables").mkdir(exist_ok=True)
-    tables = read_results(results_dir)
-    if finetune_dirs:
-        tables = add_runs(tables, list(finetune_dirs))
+    results_dir = Path(results_dir)
+    family_map = resolve_families(families)
+    tables = load_results(results_dir, list(finetune_dirs), family_map)
     if tables.matrices.is_empty():
         raise ReportInputError(
-            f"{tables.results_dir / 'matrices.parquet'} has no rows: the sweep produced no matrix "
+            f"{results_dir}: no matrix rows: the sweep produced no matrix "
             "(see its skipped.parquet for the languages left out and why)."
         )
-    family_map = resolve_families(families)
     saver = _Saver(out_dir, normalise_formats(formats))
     probe_matrices, finetune_matrices = split_finetune(tables)
     all_matrices = (
@@ -273,13 +274,11 @@ def build_report(
         else probe_matrices.with_columns(pl.lit(False).alias("__ft"))
     )
     all_matrices = all_matrices.with_columns(pl.col("layer").cast(pl.Int64))
-    if layers is not None:
-        wanted = sorted({int(layer) for layer in layers})
-        present = set(all_matrices["layer"].unique().to_list())
-        if not present & set(wanted):
-            raise ValueError(
-                f"none of the layers {wanted} is in {tables.results_dir}; layers present: {sorted(present)}"
-            )
+    present = sorted(x for x in all_matrices["layer"].unique().to_list() if x is not None)
+    wanted = _resolve_layers(layers, present)
+    if wanted is not None:
+        if not set(present) & set(wanted):
+            raise ValueError(f"none of the layers {wanted} is in {results_dir}; layers present: {present}")
         # fine-tune matrices live at their own (last) layer and are kept whatever the selection
         all_matrices = all_matrices.filter(pl.col("layer").is_in(wanted) | pl.col("__ft"))
     groups = sorted(
@@ -296,6 +295,8 @@ def build_report(
         )
     )
     total = len(groups) + all_matrices.select("task", "model", "probe", "layer").unique().height
+    if not groups:
+        raise ReportInputError(f"{results_dir}: no matrix at the layers asked for")
     done = 0
     for (task, model, probe), group in groups:
         reports.append(
@@ -318,7 +319,9 @@ def build_report(
             progress(f"{task} · {model} · {probe}", done, total)
     best_layers = {(r.task, r.model, r.probe): r.best for r in reports}
     comparisons = _render_finetune(
-        probe_matrices.filter(pl.col("layer").is_in(all_matrices["layer"].unique().to_list())),
+        probe_matrices.filter(
+            pl.col("layer").is_in(all_matrices["layer"].unique().to_list(), nulls_equal=True)
+        ),
         finetune_matrices,
         clip=clip,
         saver=saver,
@@ -334,6 +337,7 @@ def build_report(
     saver.flush(n_jobs, heatmap_done)
     page = _page(
         tables,
+        results_dir,
         reports,
         comparisons,
         clip=clip,
@@ -355,7 +359,7 @@ def _families_source(families: Mapping[str, str] | str | Path | None) -> str:
 
 
 def _render_group(
-    tables: ResultTables,
+    tables: MatrixResult,
     matrices: pl.DataFrame,
     finetune: bool,
     task: str,
@@ -368,17 +372,18 @@ def _render_group(
     saver: _Saver,
     palette: Mapping[str, tuple[float, float, float, float]],
 ) -> GroupReport:
-    runs = tables.runs
-    if runs.height:
-        runs = runs.filter((pl.col("task") == task) & (pl.col("model") == model) & (pl.col("probe") == probe))
-    layer_list = sorted(matrices["layer"].unique().to_list())
-    if runs.height:
-        runs = runs.filter(pl.col("layer").is_in(layer_list))
+    layer_list = sorted(matrices["layer"].unique().to_list(), key=lambda x: (x is None, x or 0))
+    runs = tables.runs.filter(
+        (pl.col("task") == task)
+        & (pl.col("model") == model)
+        & (pl.col("probe") == probe)
+        & pl.col("layer").is_in(layer_list, nulls_equal=True)
+    )
     rows = sorted(set(matrices["target"].to_list()))
     cols = sorted(set(matrices["donor"].to_list()))
     heatmaps = {
         layer: heatmap_data(
-            matrices.filter(pl.col("layer") == layer),
+            matrices.filter(pl.col("layer").eq_missing(layer)),
             clip=clip,
             families=families,
             fade_range=fade_range,
@@ -388,16 +393,14 @@ def _render_group(
         )
         for layer in layer_list
     }
-    properties = tables.properties
-    if properties.height:
-        properties = properties.filter(
-            (pl.col("task") == task)
-            & (pl.col("model") == model)
-            & (pl.col("probe") == probe)
-            & pl.col("layer").cast(pl.Int64).is_in(layer_list)
-        ).sort("layer")
-    summary = layer_summary(list(heatmaps.values()), properties)
-    performance = _performance(runs, matrices)
+    properties = tables.properties.filter(
+        (pl.col("task") == task)
+        & (pl.col("model") == model)
+        & (pl.col("probe") == probe)
+        & pl.col("layer").is_in(layer_list, nulls_equal=True)
+    ).sort("layer", nulls_last=True)
+    summary = layer_summary(properties)
+    performance = single_performance(matrices)
     best, criterion = best_layer(performance, summary)
     report = GroupReport(
         task=task,
@@ -415,17 +418,18 @@ def _render_group(
     stem = report.anchor
     for layer, data in heatmaps.items():
         dpi = LARGE_DPI if max(data.values.shape) > 25 else DPI
-        report.figures[f"heatmap_L{layer}"] = saver.queue_heatmap(data, f"{stem}_L{layer}", dpi=dpi)
-        base = saver.out_dir / "tables" / f"{stem}_L{layer}"
+        layer_stem = f"{stem}_L{_layer_stem(layer)}"
+        report.figures[f"heatmap_L{layer}"] = saver.queue_heatmap(data, layer_stem, dpi=dpi)
+        base = saver.out_dir / "tables" / layer_stem
         write_matrix_csv(data, base.with_suffix(".csv"))
         write_matrix_latex(data, base.with_suffix(".tex"))
         matrix_wide(data, values="cltm_se").write_csv(f"{base}_se.csv", float_precision=6)
         heatmap_marks(data).write_csv(f"{base}_marks.csv", float_precision=6)
         report.exports[layer] = {
-            "CSV": f"tables/{stem}_L{layer}.csv",
-            "SE CSV": f"tables/{stem}_L{layer}_se.csv",
-            "LaTeX": f"tables/{stem}_L{layer}.tex",
-            "marks CSV": f"tables/{stem}_L{layer}_marks.csv",
+            "CSV": f"tables/{layer_stem}.csv",
+            "SE CSV": f"tables/{layer_stem}_se.csv",
+            "LaTeX": f"tables/{layer_stem}.tex",
+            "marks CSV": f"tables/{layer_stem}_marks.csv",
         }
     summary.write_csv(saver.out_dir / "tables" / f"{stem}_layers.csv")
     title = f"{task} · {model} · {probe}"
@@ -442,29 +446,34 @@ def _render_group(
                 criterion=criterion,
                 families=families,
                 title=title,
-                metric=(metric[0] if metric else perf_column(runs)).upper(),
+                metric=(metric[0] if metric else "Perf").upper(),
                 palette=palette,
             ),
             f"{stem}_layer_curves",
         )
     focus = heatmaps[best if best in heatmaps else layer_list[-1]]
-    scores, report.scores_source = _scores(tables, focus)
+    focus_text = layer_text(focus.layer)
+    report.scores_source = "language_scores.parquet (the CLTM engine's definition)"
     report.figures["donor_receiver"] = saver.save(
         draw_donor_receiver(
-            scores, focus, title=f"{title} · layer {focus.layer}", source=report.scores_source
+            _scores(tables.language_scores, focus),
+            focus,
+            title=f"{title} · layer {focus_text}",
+            source=report.scores_source,
         ),
         f"{stem}_donor_receiver",
     )
     report.positive, report.negative = top_pairs(focus, TOP_PAIRS)
-    zero_shot = zero_shot_matrix(matrices.filter(pl.col("layer") == focus.layer), focus)
+    _render_confusion(report, tables.confusion, focus, title, saver)
+    zero_shot = zero_shot_matrix(matrices.filter(pl.col("layer").eq_missing(focus.layer)), focus)
     if zero_shot is not None:
-        metric = matrices["metric"].drop_nulls().unique().to_list() if "metric" in matrices.columns else []
+        metric = matrices["metric"].drop_nulls().unique().to_list()
         report.figures["zero_shot"] = saver.save(
             draw_zero_shot(
                 zero_shot,
                 focus,
-                metric=(metric[0] if metric else perf_column(runs)).upper(),
-                title=f"{title} · layer {focus.layer}: zero-shot (trained on j only, tested on i)",
+                metric=(metric[0] if metric else "Perf").upper(),
+                title=f"{title} · layer {focus_text}: zero-shot (trained on j only, tested on i)",
             ),
             f"{stem}_zero_shot",
         )
@@ -480,6 +489,38 @@ def _render_group(
         zero_frame.write_csv(f"{base}.csv", float_precision=6)
         report.zero_shot_csv = f"tables/{stem}_zero_shot.csv"
     return report
+
+
+CONFUSION_VIEWS = {
+    "single": "per language (trained and tested on i)",
+    "zero_shot": "zero-shot pairs (trained on donor j only, tested on target i)",
+}
+
+
+def _render_confusion(
+    report: GroupReport, confusion: pl.DataFrame, focus: HeatmapData, title: str, saver: _Saver
+) -> None:
+    """Confusion matrices at the focus layer from the engine's ``confusion`` table (classification only)."""
+    for condition, what in CONFUSION_VIEWS.items():
+        counts = confusion_counts(
+            confusion,
+            task=report.task,
+            model=report.model,
+            probe=report.probe,
+            layer=focus.layer,
+            condition=condition,
+        )
+        if condition == "single":
+            counts = counts.filter(pl.col("target") == pl.col("donor"))
+        panels = confusion_panels(counts, order=focus.rows)
+        if not panels:
+            continue
+        stem = f"{report.anchor}_confusion_{condition}"
+        report.figures[f"confusion_{condition}"] = saver.save(
+            draw_confusion_grid(panels, title=f"{title} · layer {layer_text(focus.layer)}: {what}"), stem
+        )
+        confusion_csv(panels).write_csv(saver.out_dir / "tables" / f"{stem}.csv", float_precision=6)
+        report.confusion_csv[condition] = f"tables/{stem}.csv"
 
 
 @dataclass
@@ -532,7 +573,8 @@ def _render_finetune(
 
 
 def _page(
-    tables: ResultTables,
+    tables: MatrixResult,
+    results_dir: Path,
     reports: list[GroupReport],
     comparisons: list[FinetuneComparison],
     *,
@@ -545,7 +587,7 @@ def _page(
     tasks = list(dict.fromkeys(r.task for r in reports))
     parts = [
         "<h1>Cross-Lingual Transfer Matrices</h1>",
-        f'<p class="note">Results: <code>{escape(str(tables.results_dir.resolve()))}</code> · cltm '
+        f'<p class="note">Results: <code>{escape(str(results_dir.resolve()))}</code> · cltm '
         f"{escape(cltm.__version__)} · colours clipped at ±{clip:g} · families: "
         f"{escape(families_source)}</p>",
         "<p>CLTM[i, j] = (Perf(i+j) − Perf(i)) / (Perf(i+i) − Perf(i)): rows are target languages i, columns "
@@ -587,12 +629,12 @@ def _page(
         parts.append(html.table(every))
         parts.append(html.links([("CSV", "tables/finetune_spearman.csv")]))
         parts.append("</section>")
-    extra = sorted(p.name for p in tables.results_dir.glob("*.json"))
+    extra = sorted(p.name for p in results_dir.glob("*.json") if p.name not in IGNORED_JSON)
     if extra:
         parts.append("<section><h2>Configuration files in the results directory</h2>")
         for name in extra:
             try:
-                text = json.dumps(json.loads((tables.results_dir / name).read_text()), indent=2)
+                text = json.dumps(json.loads((results_dir / name).read_text()), indent=2)
             except (OSError, ValueError):
                 continue
             parts.append(f"<h3>{escape(name)}</h3><pre>{escape(text)}</pre>")
@@ -627,12 +669,17 @@ def _group_html(report: GroupReport, fmt: str) -> str:
             )
         )
         parts.append(
-            html.table(report.summary, caption="per-layer summary (mean over stable off-diagonal cells)")
+            html.table(
+                report.summary,
+                caption="per-layer summary from the engine's properties (mean and median over the "
+                "off-diagonal cells of stable rows, n_stable of them)",
+            )
         )
         parts.append(html.links([("layer summary CSV", f"tables/{report.anchor}_layers.csv")]))
     focus = report.best if report.best in report.heatmaps else report.layers[-1]
+    focus_text = layer_text(focus)
     parts.append(
-        f"<h4>Heatmap at layer {focus}" + (" (best layer)" if focus == report.best else "") + "</h4>"
+        f"<h4>Heatmap at layer {focus_text}" + (" (best layer)" if focus == report.best else "") + "</h4>"
     )
     parts.append(html.figure(report.figures[f"heatmap_L{focus}"][fmt], f"CLTM heatmap layer {focus}"))
     parts.append(
@@ -644,7 +691,7 @@ def _group_html(report: GroupReport, fmt: str) -> str:
     if others:
         parts.append(f"<details><summary>Heatmaps of the other {len(others)} layer(s)</summary>")
         for layer in others:
-            parts.append(f"<h5>layer {layer}</h5>")
+            parts.append(f"<h5>layer {layer_text(layer)}</h5>")
             parts.append(
                 html.figure(
                     report.figures[f"heatmap_L{layer}"][fmt], f"CLTM heatmap layer {layer}", lazy=True
@@ -658,7 +705,7 @@ def _group_html(report: GroupReport, fmt: str) -> str:
             )
         parts.append("</details>")
     if "zero_shot" in report.figures:
-        parts.append(f"<h4>Zero-shot (layer {focus})</h4>")
+        parts.append(f"<h4>Zero-shot (layer {focus_text})</h4>")
         parts.append(
             html.figure(
                 report.figures["zero_shot"][fmt],
@@ -668,7 +715,19 @@ def _group_html(report: GroupReport, fmt: str) -> str:
             )
         )
         parts.append(html.links([("zero-shot CSV", report.zero_shot_csv)]))
-    parts.append(f"<h4>Donors and receivers (layer {focus})</h4>")
+    for condition, what in CONFUSION_VIEWS.items():
+        if f"confusion_{condition}" in report.figures:
+            parts.append(f"<h4>Confusion matrices {escape(what)} (layer {focus_text})</h4>")
+            parts.append(
+                html.figure(
+                    report.figures[f"confusion_{condition}"][fmt],
+                    f"confusion matrices {condition}",
+                    "Counts summed over seeds and folds (confusion.parquet); each row is a true class, "
+                    "normalised to 1 (the diagonal is the recall).",
+                )
+            )
+            parts.append(html.links([("confusion CSV", report.confusion_csv[condition])]))
+    parts.append(f"<h4>Donors and receivers (layer {focus_text})</h4>")
     parts.append(
         html.figure(
             report.figures["donor_receiver"][fmt],
@@ -676,16 +735,34 @@ def _group_html(report: GroupReport, fmt: str) -> str:
             f"Scores: {report.scores_source}.",
         )
     )
-    parts.append(f'<h4>Top pairs (layer {focus}, stable cells)</h4><div class="pairs">')
+    parts.append(f'<h4>Top pairs (layer {focus_text}, stable cells)</h4><div class="pairs">')
     parts.append(html.table(report.positive, caption="most positive transfer"))
     parts.append(html.table(report.negative, caption="most negative transfer"))
     parts.append("</div>")
     if report.properties.height:
-        keep = [c for c in report.properties.columns if c not in ("task", "model", "probe")]
-        parts.append("<h4>Matrix properties (CLTM engine)</h4>")
-        parts.append(html.table(report.properties.select(keep)))
+        parts.append("<h4>Matrix properties (CLTM engine, one column per layer)</h4>")
+        parts.append(html.table(properties_by_layer(report.properties)))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def properties_by_layer(properties: pl.DataFrame) -> pl.DataFrame:
+    """The engine's properties of one (task, model, probe) turned on their side: one row per property, one
+    column per layer, values as text (the table mixes numbers and language codes)."""
+    skip = {"task", "model", "probe", "layer"}
+    names = [c for c in properties.columns if c not in skip]
+    columns: dict[str, list[str]] = {"property": names}
+    for row in properties.iter_rows(named=True):
+        columns[f"layer {layer_text(row['layer'])}"] = [_cell_text(row[name]) for name in names]
+    return pl.DataFrame(columns)
+
+
+def _cell_text(value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
 
 
 def _other_formats(paths: dict[str, str], shown: str) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from cltm.report.results import UNKNOWN_FAMILY, order_languages
+from cltm.report.results import UNKNOWN_FAMILY, layer_text, order_languages
 
 COLORMAP = "RdBu"
 """Diverging: red = harmful donor (CLTM < 0), white = no effect, blue = helpful (CLTM > 0)."""
@@ -56,7 +56,7 @@ class HeatmapData:
     task: str
     model: str
     probe: str
-    layer: int
+    layer: int | None
     rows: list[str]
     cols: list[str]
     row_families: list[str]
@@ -82,7 +82,7 @@ class HeatmapData:
 
     @property
     def title(self) -> str:
-        return f"{self.task} · {self.model} · {self.probe} · layer {self.layer}"
+        return f"{self.task} · {self.model} · {self.probe} · layer {layer_text(self.layer)}"
 
     def cell_colors(self) -> np.ndarray:
         """RGBA per cell: the colour map clipped at ±clip, faded cells blended to white, diagonal grey."""
@@ -233,7 +233,7 @@ def heatmap_data(
         task=str(keys["task"][0]),
         model=str(keys["model"][0]),
         probe=str(keys["probe"][0]),
-        layer=int(keys["layer"][0]),
+        layer=None if keys["layer"][0] is None else int(keys["layer"][0]),
         rows=rows,
         cols=cols,
         row_families=row_families,

@@ -15,123 +15,67 @@ from cltm.report.results import family_lookup
 
 BEST_LAYER_CRITERION = (
     "best layer = highest mean Perf(i) over target languages in the single condition "
-    "(trained on N samples of i, probe runs only); ties go to the shallower layer"
+    "(trained on N samples of i; the matrices' perf_single); ties go to the shallower layer"
 )
 BEST_LAYER_FALLBACK_CRITERION = (
     "best layer = highest mean off-diagonal CLTM over stable cells (no single-condition runs available)"
 )
-VERIFICATION_MARKER_COLUMN = "eer"
+SUMMARY_SCHEMA = {
+    "layer": pl.Int64,
+    "mean_offdiag_stable": pl.Float64,
+    "median_offdiag_stable": pl.Float64,
+    "n_stable": pl.Int64,
+    "share_positive": pl.Float64,
+    "asymmetry": pl.Float64,
+    "n_unstable": pl.Int64,
+    "n_cells": pl.Int64,
+}
+"""The per-layer summary: columns of the engine's properties table, shown as they are."""
 
 
-def perf_column(runs: pl.DataFrame) -> str:
-    """The higher-is-better metric of DESIGN §4.1: ROC-AUC for verification runs, macro-F1 otherwise."""
-    if VERIFICATION_MARKER_COLUMN in runs.columns and runs[VERIFICATION_MARKER_COLUMN].drop_nulls().len():
-        return "auc"
-    return "f1"
-
-
-def single_performance(runs: pl.DataFrame) -> pl.DataFrame:
-    """Mean and between-seed SD of Perf(i) (single condition, probe runs) per layer and target.
-
-    ``runs`` holds the runs of one (task, model, probe). Returns columns layer, target, perf, perf_sd, seeds.
-    """
-    empty = pl.DataFrame(
-        schema={
-            "layer": pl.Int64,
-            "target": pl.Utf8,
-            "perf": pl.Float64,
-            "perf_sd": pl.Float64,
-            "seeds": pl.UInt32,
-        }
-    )
-    if runs.is_empty() or "condition" not in runs.columns:
-        return empty
-    single = runs.filter(pl.col("condition") == "single")
-    if "source" in single.columns:
-        single = single.filter(pl.col("source").fill_null("probe") != "finetune")
-    metric = perf_column(single) if single.height else "f1"
-    if single.is_empty() or metric not in single.columns:
-        return empty
+def single_performance(matrices: pl.DataFrame) -> pl.DataFrame:
+    """Perf(i) per layer and target as the engine computed it (``perf_single`` of the matrices, in the
+    matrix's metric, higher is better). ``matrices`` holds one (task, model, probe). Columns: layer, target,
+    perf."""
+    schema = {"layer": pl.Int64, "target": pl.Utf8, "perf": pl.Float64}
+    if matrices.is_empty():
+        return pl.DataFrame(schema=schema)
     return (
-        single.group_by("layer", "target")
-        .agg(
-            pl.col(metric).cast(pl.Float64).mean().alias("perf"),
-            pl.col(metric).cast(pl.Float64).std().alias("perf_sd"),
-            pl.len().cast(pl.UInt32).alias("seeds"),
-        )
-        .sort("layer", "target")
+        matrices.filter((pl.col("target") == pl.col("donor")) & pl.col("perf_single").is_not_null())
+        .group_by("layer", "target")
+        .agg(pl.col("perf_single").first().alias("perf"))
+        .select(pl.col("layer").cast(pl.Int64), "target", "perf")
+        .sort("layer", "target", nulls_last=True)
     )
 
 
-def layer_summary(heatmaps: Sequence[HeatmapData], properties: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Per layer: mean/median off-diagonal CLTM over stable cells, share positive, asymmetry, unstable count.
+def layer_summary(properties: pl.DataFrame) -> pl.DataFrame:
+    """Per layer: mean/median off-diagonal CLTM over stable cells and their count, share positive, asymmetry,
+    unstable and present cells — read from the engine's ``properties`` rows of one (task, model, probe).
 
-    ``share_positive`` and ``asymmetry`` come from the CLTM engine's ``properties`` table when it has them
-    (the single source of those definitions); only when absent are they computed here from the matrix, over
-    all off-diagonal cells with a value: share of cells > 0 and ‖M−Mᵀ‖_F/‖M‖_F. The mean leaves unstable cells
-    out because their ratios (often ±10 or more) would swamp it.
+    Nothing is recomputed here: the definitions live in :mod:`cltm.transfer.properties`.
     """
-    rows = []
-    for data in heatmaps:
-        off = ~data.diagonal & ~data.missing
-        stable = off & ~data.unstable
-        values = data.values[off]
-        record = {
-            "layer": data.layer,
-            "mean_offdiag": float(np.mean(data.values[stable])) if stable.any() else float("nan"),
-            "median_offdiag": float(np.median(data.values[stable])) if stable.any() else float("nan"),
-            "share_positive": float(np.mean(values > 0)) if values.size else float("nan"),
-            "asymmetry": _asymmetry(data),
-            "n_unstable": int(data.unstable.sum()),
-            "n_cells": int(off.sum()),
-        }
-        rows.append(record)
-    summary = pl.DataFrame(
-        rows,
-        schema={
-            "layer": pl.Int64,
-            "mean_offdiag": pl.Float64,
-            "median_offdiag": pl.Float64,
-            "share_positive": pl.Float64,
-            "asymmetry": pl.Float64,
-            "n_unstable": pl.Int64,
-            "n_cells": pl.Int64,
-        },
-    ).sort("layer")
-    if properties is not None and properties.height and "layer" in properties.columns:
-        taken = [c for c in ("share_positive", "asymmetry") if c in properties.columns]
-        if taken:
-            engine = properties.select(
-                pl.col("layer").cast(pl.Int64),
-                *[pl.col(c).cast(pl.Float64).alias(f"{c}__engine") for c in taken],
-            ).unique("layer", keep="first")
-            summary = (
-                summary.join(engine, on="layer", how="left")
-                .with_columns([pl.coalesce(f"{c}__engine", c).alias(c) for c in taken])
-                .drop([f"{c}__engine" for c in taken])
-            )
-    return summary
-
-
-def _asymmetry(data: HeatmapData) -> float:
-    if data.rows != data.cols:
-        return float("nan")
-    matrix = np.where(data.diagonal, 1.0, data.values)
-    if np.isnan(matrix).any():
-        return float("nan")
-    denominator = np.linalg.norm(matrix)
-    return float(np.linalg.norm(matrix - matrix.T) / denominator) if denominator else float("nan")
+    if properties.is_empty():
+        return pl.DataFrame(schema=SUMMARY_SCHEMA)
+    return (
+        properties.select([pl.col(c).cast(dtype) for c, dtype in SUMMARY_SCHEMA.items()])
+        .unique("layer", keep="first", maintain_order=True)
+        .sort("layer", nulls_last=True)
+    )
 
 
 def best_layer(performance: pl.DataFrame, summary: pl.DataFrame | None = None) -> tuple[int | None, str]:
     """The best layer and the criterion used (see :data:`BEST_LAYER_CRITERION`)."""
+    performance = performance.filter(pl.col("layer").is_not_null())
     if performance.height:
         by_layer = performance.group_by("layer").agg(pl.col("perf").mean()).sort("layer")
         perf = by_layer["perf"].to_numpy()
         if np.isfinite(perf).any():
             return int(by_layer["layer"][int(np.nanargmax(perf))]), BEST_LAYER_CRITERION
+    if summary is not None:
+        summary = summary.filter(pl.col("layer").is_not_null())
     if summary is not None and summary.height:
-        means = summary["mean_offdiag"].to_numpy()
+        means = summary["mean_offdiag_stable"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
         if np.isfinite(means).any():
             return int(summary["layer"][int(np.nanargmax(means))]), BEST_LAYER_FALLBACK_CRITERION
     return None, "no layer could be ranked (no runs and no stable cells)"
@@ -191,14 +135,16 @@ def draw_layer_curves(
     ax_perf.set_title(f"{metric}(i), single condition (N of i)", fontsize=10)
     ax_perf.set_ylabel(metric)
     layers = summary["layer"].to_numpy()
-    ax_mean.plot(layers, summary["mean_offdiag"], marker="o", color="#1f4e79", label="mean")
+    ax_mean.plot(layers, summary["mean_offdiag_stable"], marker="o", color="#1f4e79", label="mean")
     ax_mean.plot(
-        layers, summary["median_offdiag"], marker="s", linestyle="--", color="#6a9bc3", label="median"
+        layers, summary["median_offdiag_stable"], marker="s", linestyle="--", color="#6a9bc3", label="median"
     )
     ax_mean.axhline(0, color="#999999", linewidth=0.8)
     ax_mean.axhline(1, color="#999999", linewidth=0.8, linestyle=":")
     ax_mean.legend(fontsize=7)
-    if not np.isfinite(summary["mean_offdiag"].cast(pl.Float64).fill_null(float("nan")).to_numpy()).any():
+    if not np.isfinite(
+        summary["mean_offdiag_stable"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    ).any():
         ax_mean.text(
             0.5,
             0.5,
@@ -209,7 +155,7 @@ def draw_layer_curves(
             fontsize=8,
             color="#b71c1c",
         )
-    ax_mean.set_title("off-diagonal CLTM (stable cells)", fontsize=10)
+    ax_mean.set_title("off-diagonal CLTM (stable cells; engine's properties)", fontsize=10)
     ax_share.plot(layers, summary["share_positive"], marker="o", color="#2e7d32")
     ax_share.set_ylim(-0.02, 1.02)
     ax_share.set_title("share of positive off-diagonal cells", fontsize=10)

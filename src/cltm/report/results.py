@@ -1,27 +1,22 @@
-"""Reading a results directory (DESIGN §3.3) and the language -> family map the report orders by.
+"""What the report reads: the engine's results object, completed by the engine's own functions.
 
-The report only reads the three Parquet tables the CLTM engine writes; it never recomputes a CLTM cell except
-through ``cltm.transfer.matrix_from_runs`` (for fine-tune runs that have no matrix rows yet).
+There is one results reader, :meth:`cltm.transfer.tables.MatrixResult.read`; this module only gathers the
+directories a report is built from (a results directory plus ``--finetune`` directories) into one
+``MatrixResult`` and fills what a directory may lack with the engine's functions: matrices of runs that have
+none (``cltm finetune`` writes only runs) by :func:`cltm.transfer.stats.matrix_from_runs`, properties and
+language scores of matrices that have none by :func:`cltm.transfer.properties.matrix_properties`. The
+report never computes a property itself. Also here: the language -> family map the report orders by.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
 
-MATRIX_KEY = ("task", "model", "probe", "layer")
-"""One heatmap per value of these columns."""
+from cltm.transfer.tables import MATRIX_KEYS, MatrixResult
 
-REQUIRED_MATRIX_COLUMNS = ("task", "model", "layer", "probe", "target", "donor", "cltm")
-OPTIONAL_MATRIX_COLUMNS = {
-    "cltm_se": pl.Float64,
-    "m": pl.Float64,
-    "p_positive": pl.Float64,
-    "unstable": pl.Boolean,
-}
 UNKNOWN_FAMILY = "other"
 
 
@@ -29,132 +24,76 @@ class ReportInputError(ValueError):
     """A results directory or families file the report cannot use; the message names the file and the fix."""
 
 
-@dataclass(frozen=True)
-class ResultTables:
-    """The three long tables of one results directory (``runs`` and ``properties`` may be empty)."""
-
-    runs: pl.DataFrame
-    matrices: pl.DataFrame
-    properties: pl.DataFrame
-    results_dir: Path
-    language_scores: pl.DataFrame = field(default_factory=pl.DataFrame)
-    """Per-language receiver/donor scores when the CLTM engine wrote them (``language_scores.parquet``)."""
-    skipped: pl.DataFrame = field(default_factory=pl.DataFrame)
-    """Languages the sweep left out and why (``skipped.parquet``), shown on the page."""
+def layer_text(layer: int | None) -> str:
+    """A layer for titles and file names: its number, or ``n/a`` (a reference CSV has no layer)."""
+    return "n/a" if layer is None else str(layer)
 
 
-def _read_table(path: Path) -> pl.DataFrame:
-    try:
-        if path.suffix == ".csv":
-            return pl.read_csv(path)
-        return pl.read_parquet(path)
-    except Exception as exc:  # polars raises several error types for a corrupt file
-        raise ReportInputError(f"{path}: cannot be read as a table ({exc}). Re-run `cltm matrix`.") from exc
+def _missing_keys(frame: pl.DataFrame, present: pl.DataFrame) -> pl.DataFrame:
+    """Rows of ``frame`` whose (task, model, layer, probe) does not occur in ``present``."""
+    if present.height == 0:
+        return frame
+    keys = present.select(MATRIX_KEYS).unique()
+    return frame.join(keys, on=list(MATRIX_KEYS), how="anti", nulls_equal=True)
 
 
-def read_results(results_dir: str | Path) -> ResultTables:
-    """Read ``runs.parquet``, ``matrices.parquet`` and ``properties.parquet`` from ``results_dir``.
+def complete_results(result: MatrixResult, families: Mapping[str, str] | None) -> MatrixResult:
+    """Add, through the engine's functions, the matrices of runs without matrix rows and the properties and
+    language scores of matrices without property rows (``families`` as the engine takes them)."""
+    from cltm.transfer.properties import matrix_properties
+    from cltm.transfer.stats import matrix_from_runs
 
-    ``matrices`` is required; a missing ``runs`` or ``properties`` table only removes the report sections that
-    need it. Missing optional matrix columns are added as nulls so that the drawing code has one schema.
-    """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise ReportInputError(f"{results_dir}: not a directory. Pass the --out DIR of `cltm matrix`.")
-    matrices_path = results_dir / "matrices.parquet"
-    if not matrices_path.exists():
-        raise ReportInputError(
-            f"{matrices_path}: missing. A results directory holds runs.parquet, matrices.parquet and "
-            "properties.parquet as written by `cltm matrix --out DIR`."
+    matrices = result.matrices
+    orphan_runs = _missing_keys(result.runs, matrices)
+    if orphan_runs.height:
+        matrices = pl.concat([matrices, matrix_from_runs(orphan_runs)], how="diagonal_relaxed")
+    properties, scores = result.properties, result.language_scores
+    orphan_matrices = _missing_keys(matrices, properties)
+    if orphan_matrices.height:
+        extra_properties, extra_scores = matrix_properties(
+            orphan_matrices, families=dict(families) if families is not None else None
         )
-    matrices = _read_table(matrices_path)
-    missing = [c for c in REQUIRED_MATRIX_COLUMNS if c not in matrices.columns]
-    if missing:
-        raise ReportInputError(
-            f"{matrices_path}: missing column(s) {', '.join(missing)}; expected at least "
-            f"{', '.join(REQUIRED_MATRIX_COLUMNS)} (DESIGN §3.3)."
-        )
-    for column, dtype in OPTIONAL_MATRIX_COLUMNS.items():
-        if column not in matrices.columns:
-            matrices = matrices.with_columns(pl.lit(None, dtype=dtype).alias(column))
-    matrices = matrices.with_columns(
-        pl.col("target").cast(pl.Utf8),
-        pl.col("donor").cast(pl.Utf8),
-        pl.col("task").cast(pl.Utf8),
-        pl.col("model").cast(pl.Utf8),
-        pl.col("probe").cast(pl.Utf8),
-        pl.col("cltm").cast(pl.Float64),
-        pl.col("layer").cast(pl.Int64),
-    )
-    runs_path = results_dir / "runs.parquet"
-    runs = _read_table(runs_path) if runs_path.exists() else pl.DataFrame()
-    if runs.height and "layer" in runs.columns:
-        runs = runs.with_columns(pl.col("layer").cast(pl.Int64))
-    properties_path = results_dir / "properties.parquet"
-    properties = _read_table(properties_path) if properties_path.exists() else pl.DataFrame()
-    scores_path = results_dir / "language_scores.parquet"
-    scores = _read_table(scores_path) if scores_path.exists() else pl.DataFrame()
-    skipped_path = results_dir / "skipped.parquet"
-    skipped = _read_table(skipped_path) if skipped_path.exists() else pl.DataFrame()
-    return ResultTables(
-        runs=runs,
+        properties = pl.concat([properties, extra_properties], how="diagonal_relaxed")
+        scores = pl.concat([scores, extra_scores], how="diagonal_relaxed")
+    return MatrixResult(
+        runs=result.runs,
         matrices=matrices,
         properties=properties,
-        results_dir=results_dir,
+        skipped=result.skipped,
         language_scores=scores,
-        skipped=skipped,
-    )
+        confusion=result.confusion,
+        predictions=result.predictions,
+    ).validated()
 
 
-def add_runs(tables: ResultTables, runs_dirs: list[str | Path]) -> ResultTables:
-    """Add the runs of other directories (e.g. ``cltm finetune --out DIR``, which writes only runs.parquet).
-
-    Their matrices are computed later by ``cltm.transfer.matrix_from_runs``; a ``matrices.parquet`` beside
-    them is taken as well.
-    """
-    runs, matrices = [tables.runs], [tables.matrices]
-    for directory in runs_dirs:
-        directory = Path(directory)
-        runs_path = directory / "runs.parquet"
-        if not runs_path.exists():
-            raise ReportInputError(
-                f"{runs_path}: missing; pass a directory written by `cltm finetune --out`."
-            )
-        extra = _read_table(runs_path)
-        if "layer" in extra.columns:
-            extra = extra.with_columns(pl.col("layer").cast(pl.Int64))
-        runs.append(extra)
-        if (directory / "matrices.parquet").exists():
-            matrices.append(read_results(directory).matrices)
-    frames = [r for r in runs if r.width]
-    merged_runs = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    merged_matrices = pl.concat(matrices, how="diagonal_relaxed").unique(maintain_order=True)
-    return ResultTables(
-        runs=merged_runs,
-        matrices=merged_matrices,
-        properties=tables.properties,
-        results_dir=tables.results_dir,
-        language_scores=tables.language_scores,
-        skipped=tables.skipped,
-    )
+def load_results(
+    results_dir: str | Path,
+    finetune_dirs: Sequence[str | Path] = (),
+    families: Mapping[str, str] | None = None,
+) -> MatrixResult:
+    """The results of ``results_dir`` and every ``finetune_dirs`` directory as one completed result."""
+    results = [MatrixResult.read(results_dir)] + [MatrixResult.read(d) for d in finetune_dirs]
+    merged = MatrixResult.concat(results)
+    for name in ("matrices", "properties", "language_scores"):
+        # a fine-tune directory may hold matrices already present in the results directory
+        setattr(merged, name, getattr(merged, name).unique(maintain_order=True))
+    return complete_results(merged, families)
 
 
 def resolve_families(families: Mapping[str, str] | str | Path | None) -> dict[str, str]:
-    """The language -> family map to order by.
+    """The language -> family map to order by: the same meaning as ``cltm matrix --families``.
 
-    ``None``: the CLTM engine's shipped Common Voice map (:func:`cltm.transfer.families.default_families`).
-    A path: a TSV (``language<TAB>family``, or ``language<TAB>name<TAB>family``) or JSON object read by the
-    engine's :func:`~cltm.transfer.families.load_families`; the file *replaces* the shipped map (languages it
-    does not list go to the ``other`` family), so a custom grouping is not mixed with the default one.
-    A mapping: used as given.
+    ``None``: the shipped Common Voice map (:func:`cltm.transfer.families.default_families`). A path: a TSV
+    (``language<TAB>family`` or ``language<TAB>name<TAB>family``) or JSON object *merged* with the shipped
+    map by :func:`~cltm.transfer.families.load_families` (its entries win). A mapping: used as given.
     """
-    from cltm.transfer.families import default_families, load_families
+    from cltm.transfer.families import load_families
 
     if families is None:
-        return default_families()
+        return load_families()
     if isinstance(families, (str, Path)):
         try:
-            return load_families(families, extend_default=False)
+            return load_families(families)
         except (OSError, ValueError) as exc:
             raise ReportInputError(
                 f"{families}: cannot read the families file ({exc}). Expected `language<TAB>family` lines "

@@ -1,4 +1,4 @@
-"""Donor/receiver scores, top pairs, and the probe-vs-fine-tune comparison."""
+"""Donor/receiver charts (the engine's scores), top pairs, zero-shot views, probe vs fine-tune."""
 
 from __future__ import annotations
 
@@ -9,39 +9,17 @@ from matplotlib.patches import Patch, Rectangle
 from scipy.stats import spearmanr
 
 from cltm.report.heatmap import HeatmapData
-from cltm.report.results import MATRIX_KEY, ResultTables
+from cltm.transfer.tables import MATRIX_KEYS, MatrixResult
 
 FINETUNE_SOURCE = "finetune"
 MIN_CELLS_FOR_SPEARMAN = 3
 
 
-def donor_receiver_scores(data: HeatmapData) -> pl.DataFrame:
-    """Receiver score (row sum of positive parts) and donor score (column sum) per language, DESIGN §4.1.
-
-    Off-diagonal cells only; unstable cells are left out (their ratios are noise, and one of them would
-    outweigh a whole row of real transfer). Columns: language, family, receiver, donor.
-    """
-    usable = ~data.diagonal & ~data.missing & ~data.unstable
-    positive = np.where(usable, np.clip(np.nan_to_num(data.values), 0, None), 0.0)
-    receiver = dict(zip(data.rows, positive.sum(axis=1), strict=False))
-    donor = dict(zip(data.cols, positive.sum(axis=0), strict=False))
-    families = dict(zip(data.rows, data.row_families, strict=True))
-    families |= dict(zip(data.cols, data.col_families, strict=True))
-    languages = list(dict.fromkeys(data.rows + data.cols))
-    return pl.DataFrame(
-        {
-            "language": languages,
-            "family": [families[lang] for lang in languages],
-            "receiver": [float(receiver.get(lang, np.nan)) for lang in languages],
-            "donor": [float(donor.get(lang, np.nan)) for lang in languages],
-        }
-    )
-
-
 def draw_donor_receiver(
     scores: pl.DataFrame, data: HeatmapData, *, title: str = "", source: str = ""
 ) -> Figure:
-    """Two horizontal bar charts, each sorted by its score, bars coloured by family (legend below)."""
+    """Two horizontal bar charts of the engine's receiver and donor scores (``language_scores``: columns
+    language, family, receiver, donor), each sorted by its score, bars coloured by family (legend below)."""
     n = scores.height
     fig = Figure(figsize=(10, max(3.0, 0.16 * n + 1.5)), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -98,41 +76,22 @@ def top_pairs(data: HeatmapData, k: int = 10) -> tuple[pl.DataFrame, pl.DataFram
     return positive, negative
 
 
-def split_finetune(tables: ResultTables) -> tuple[pl.DataFrame, pl.DataFrame]:
+def split_finetune(result: MatrixResult) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split matrix rows into (probe matrices, fine-tune matrices).
 
-    A matrix is a fine-tune one when its (task, model, probe, layer) appears in runs with ``source ==
-    "finetune"`` or its own ``source`` column says so. When fine-tune runs have no matrix rows yet, they
-    are computed with ``cltm.transfer.matrix_from_runs`` (the CLTM engine's statistics, not re-implemented).
+    A matrix is a fine-tune one when its (task, model, layer, probe) appears in runs with ``source ==
+    "finetune"``. (Matrices of fine-tune runs without matrix rows were added by the engine's
+    ``matrix_from_runs`` when the results were loaded.)
     """
-    matrices = tables.matrices
-    runs = tables.runs
-    is_finetune = pl.lit(False)
-    finetune_runs = pl.DataFrame()
-    if runs.height and "source" in runs.columns:
-        finetune_runs = runs.filter(pl.col("source") == FINETUNE_SOURCE)
-        if finetune_runs.height:
-            keys = finetune_runs.select(MATRIX_KEY).unique().with_columns(pl.lit(True).alias("__ft"))
-            matrices = matrices.join(keys, on=list(MATRIX_KEY), how="left")
-            is_finetune = pl.col("__ft").fill_null(False)
-    if "source" in matrices.columns:
-        is_finetune = is_finetune | (pl.col("source") == FINETUNE_SOURCE).fill_null(False)
-    flagged = matrices.with_columns(is_finetune.alias("__is_ft"))
-    drop = [c for c in ("__ft", "__is_ft") if c in flagged.columns]
-    probe_matrices = flagged.filter(~pl.col("__is_ft")).drop(drop)
-    finetune_matrices = flagged.filter(pl.col("__is_ft")).drop(drop)
-    if finetune_matrices.is_empty() and finetune_runs.height:
-        finetune_matrices = _matrices_from_runs(finetune_runs)
-    return probe_matrices, finetune_matrices
-
-
-def _matrices_from_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    try:
-        from cltm.transfer import matrix_from_runs
-    except ImportError:
-        return pl.DataFrame()
-    result = matrix_from_runs(runs)
-    return getattr(result, "matrices", result)
+    matrices = result.matrices
+    finetune_runs = result.runs.filter(pl.col("source") == FINETUNE_SOURCE)
+    if finetune_runs.height == 0:
+        return matrices, matrices.clear()
+    keys = finetune_runs.select(MATRIX_KEYS).unique().with_columns(pl.lit(True).alias("__ft"))
+    flagged = matrices.join(keys, on=list(MATRIX_KEYS), how="left", nulls_equal=True).with_columns(
+        pl.col("__ft").fill_null(False)
+    )
+    return flagged.filter(~pl.col("__ft")).drop("__ft"), flagged.filter(pl.col("__ft")).drop("__ft")
 
 
 def finetune_pairs(probe_matrices: pl.DataFrame, finetune_matrices: pl.DataFrame) -> pl.DataFrame:

@@ -2,8 +2,9 @@
 
 The shipped table (``data/cv_families.tsv``) covers the Common Voice locales, with Indo-European split into
 its subfamilies (``Indo-European (Romance)``, ``(Germanic)``, ``(Slavic)``, ...), as in the published CLTM
-figures. Hyphenated locales (``zh-HK``, ``sv-SE``, ``ga-IE``, ``es-AR``) map via their base code unless listed
-themselves.
+figures, and follows the published legend where the two differ: Estonian is ``Uralic (Finnic)`` (with the
+other Finnic languages: Finnish, Ingrian, Votic) and Armenian plain ``Indo-European``. Hyphenated locales
+(``zh-HK``, ``sv-SE``, ``ga-IE``, ``es-AR``, ``hy-AM``) map via their base code unless listed themselves.
 """
 
 from __future__ import annotations

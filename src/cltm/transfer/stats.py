@@ -31,11 +31,19 @@ from cltm.transfer.tables import (
     MATRICES_COLUMNS,
     MATRIX_KEYS,
     METRIC_COLUMNS,
+    SKIPPED_COLUMNS,
     conform,
     empty_frame,
+    validate_runs,
 )
 
 DEFAULT_METRIC_BY_TASK = {"speaker": "auc"}
+
+
+class MetricError(ValueError):
+    """The metric asked for (or the task's default) has no values in the runs table."""
+
+
 DEFAULT_METRIC = "f1"
 
 
@@ -133,8 +141,13 @@ def condition_summary(runs: pl.DataFrame, metric: str | None = None) -> pl.DataF
     for key, group in runs.partition_by(list(MATRIX_KEYS), as_dict=True, maintain_order=True).items():
         available = [m for m in METRIC_COLUMNS if m in group.columns and group[m].null_count() < group.height]
         chosen = metric or default_metric(key[0], available)
-        if chosen not in group.columns:
-            raise ValueError(f"metric {chosen!r} is not a column of the runs table ({group.columns})")
+        if chosen not in available:
+            # an all-null column would give an all-null matrix: refuse instead
+            what = "/".join("–" if k is None else str(k) for k in key)
+            raise MetricError(
+                f"metric {chosen!r} has no values in the runs of {what}; metrics with values: "
+                f"{', '.join(available) or 'none'}" + (" (choose one with --metric)" if available else "")
+            )
         value = pl.col(chosen).cast(pl.Float64)
         if chosen in LOWER_IS_BETTER:
             value = 1.0 - value
@@ -174,9 +187,12 @@ def matrix_from_runs(
     """Matrices (one row per task, model, layer, probe, target, donor) from per-seed or aggregated runs.
 
     See the module docstring for every definition. A target needs its ``single`` and ``self`` runs; a cell
-    needs the ``pair`` run as well (cells without one are left out, not filled). Columns:
-    ``MATRICES_COLUMNS``.
+    needs the ``pair`` run as well (cells without one are left out, not filled; :func:`incomplete_targets`
+    lists the targets left out). Duplicated condition rows, non-positive seed counts and negative variances
+    raise ``RunsTableError``; a metric without values raises ``MetricError``. Columns: ``MATRICES_COLUMNS``.
     """
+    if runs.height:
+        validate_runs(runs, "runs table", require_conditions=False)
     summary = condition_summary(runs, metric)
     if summary.height == 0:
         return empty_frame(MATRICES_COLUMNS)
@@ -254,6 +270,24 @@ def matrix_from_runs(
         pl.Series("n_seeds", np.nan_to_num(np.fmin(np.fmin(n_i, n_ii), n_ij)).astype(np.int64)),
     )
     return conform(out, MATRICES_COLUMNS)
+
+
+def incomplete_targets(runs: pl.DataFrame) -> pl.DataFrame:
+    """Targets with ``pair``/``zero_shot`` runs but no ``single`` or ``self`` run (no matrix row), and why.
+
+    Columns ``SKIPPED_COLUMNS`` (language, reason), ready to be added to a result's ``skipped`` table.
+    """
+    rows = []
+    if runs.height:
+        per_target = runs.group_by([*MATRIX_KEYS, "target"], maintain_order=True).agg(
+            pl.col("condition").unique()
+        )
+        for *key, target, present in per_target.iter_rows():
+            lacking = [c for c in ("single", "self") if c not in present]
+            if lacking and set(present) & {"pair", "zero_shot"}:
+                where = "/".join("–" if k is None else str(k) for k in key)
+                rows.append({"language": target, "reason": f"no {' or '.join(lacking)} runs ({where})"})
+    return pl.DataFrame(rows, schema=SKIPPED_COLUMNS)
 
 
 def matrix_array(matrices: pl.DataFrame, value: str = "cltm") -> tuple[list[str], np.ndarray]:

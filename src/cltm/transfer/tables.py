@@ -10,7 +10,8 @@ Three long-form tables (DESIGN §3.3), each with a fixed column list and polars 
 * ``matrices``: one row per (task, model, layer, probe, target, donor) with the CLTM cell, its delta-method
   standard error, the unnormalised ``m``, ``p_positive``, ``unstable`` and the mean performance of every
   condition.
-* ``properties``: one row per (task, model, layer, probe) with the matrix properties of DESIGN §4.1.
+* ``properties``: one row per (task, model, layer, probe) with the matrix properties of DESIGN §4.1 and
+  those of the published reference implementation (``cltm.transfer.properties`` defines every column).
 
 Runs can also be *aggregated*: a table that carries ``seed_count`` and ``<metric>_var`` columns holds, per
 row, the mean over seeds in the metric column and the between-seed variance (ddof=1) next to it; ``seed`` is
@@ -20,12 +21,20 @@ then null. This is how the published reference implementation's CSV is read (``r
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import math
+import os
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+
+from cltm.fileio import atomic_write, write_text_atomic
 
 #: Metric columns of ``runs``. Higher is better for all but the ones in ``LOWER_IS_BETTER``.
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -106,9 +115,26 @@ PROPERTIES_COLUMNS: dict[str, pl.DataType] = {
     "mean_across_family": pl.Float64(),
     "top_receiver": pl.String(),
     "top_donor": pl.String(),
+    "n_stable": pl.Int64(),
+    "mean_offdiag_stable": pl.Float64(),
+    "median_offdiag_stable": pl.Float64(),
+    "mean_target_cosine": pl.Float64(),
+    "n_complete_languages": pl.Int64(),
+    "pca_explained_1": pl.Float64(),
+    "pca_explained_2": pl.Float64(),
+    "pca_explained_3": pl.Float64(),
+    "pca_components_80": pl.Int64(),
+    "spectral_radius": pl.Float64(),
+    "condition_number": pl.Float64(),
+    "receiver_entropy": pl.Float64(),
+    "receiver_gini": pl.Float64(),
+    "donor_entropy": pl.Float64(),
+    "donor_gini": pl.Float64(),
+    "within_family_positive_share": pl.Float64(),
 }
 
-#: Per-language receiver / donor scores (row / column sums of the positive off-diagonal parts).
+#: Per-language receiver / donor scores (row / column sums of the positive off-diagonal parts) and how
+#: concentrated each row / column is (entropy in nats and Gini of its positive off-diagonal parts).
 LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "task": pl.String(),
     "model": pl.String(),
@@ -118,6 +144,10 @@ LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
     "family": pl.String(),
     "receiver_score": pl.Float64(),
     "donor_score": pl.Float64(),
+    "receiver_entropy": pl.Float64(),
+    "receiver_gini": pl.Float64(),
+    "donor_entropy": pl.Float64(),
+    "donor_gini": pl.Float64(),
 }
 
 #: Confusion counts of classification runs: one row per (run, true class, predicted class), count > 0.
@@ -164,13 +194,42 @@ PREDICTIONS_COLUMNS: dict[str, pl.DataType] = {
 #: Languages left out of a sweep and why.
 SKIPPED_COLUMNS: dict[str, pl.DataType] = {"language": pl.String(), "reason": pl.String()}
 
-RESULT_FILES: dict[str, str] = {
-    "runs": "runs.parquet",
-    "matrices": "matrices.parquet",
-    "properties": "properties.parquet",
-    "language_scores": "language_scores.parquet",
-    "skipped": "skipped.parquet",
+#: The tables of one results directory: name -> (file, column contract, columns a file must have).
+#: Other contract columns missing from a file (an older cltm, another pipeline) are added as nulls.
+RESULT_TABLES: dict[str, tuple[str, dict[str, pl.DataType], tuple[str, ...]]] = {
+    "runs": (
+        "runs.parquet",
+        RUNS_COLUMNS,
+        ("task", "model", "layer", "probe", "condition", "target", "donor"),
+    ),
+    "matrices": ("matrices.parquet", MATRICES_COLUMNS, (*MATRIX_KEYS, "target", "donor", "cltm")),
+    "properties": ("properties.parquet", PROPERTIES_COLUMNS, MATRIX_KEYS),
+    "language_scores": ("language_scores.parquet", LANGUAGE_SCORES_COLUMNS, (*MATRIX_KEYS, "language")),
+    "skipped": ("skipped.parquet", SKIPPED_COLUMNS, ("language", "reason")),
+    "confusion": (
+        "confusion.parquet",
+        CONFUSION_COLUMNS,
+        (*MATRIX_KEYS, "condition", "target", "donor", "true", "pred", "count"),
+    ),
+    "predictions": (
+        "predictions.parquet",
+        PREDICTIONS_COLUMNS,
+        ("utt_id", *MATRIX_KEYS, "condition", "target", "true", "pred"),
+    ),
 }
+RESULT_FILES: dict[str, str] = {name: spec[0] for name, spec in RESULT_TABLES.items()}
+#: Tables whose extra columns are kept (runs may carry ``seed_count`` and ``<metric>_var``, properties and
+#: matrices the columns of a newer cltm).
+_KEEP_EXTRA = frozenset({"runs", "matrices", "properties"})
+#: Written last by ``MatrixResult.write``: the files of the set with their SHA-256; readers check it.
+SET_MANIFEST = "results-set.json"
+#: Written between staging and renaming; a reader or writer that finds it completes the renames.
+SET_JOURNAL = ".results-set.commit.json"
+SET_FORMAT = 1
+
+
+class ResultsError(ValueError):
+    """A results directory or table that does not meet its contract; the message names file, column, fix."""
 
 
 def empty_frame(columns: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -191,17 +250,213 @@ def conform(df: pl.DataFrame, columns: dict[str, pl.DataType], *, keep_extra: bo
     return df.select(exprs + extra)
 
 
+def validate_table(df: pl.DataFrame, name: str, where: str) -> pl.DataFrame:
+    """Check ``df`` against the contract of result table ``name`` and cast it; ``where`` names it in errors.
+
+    Required columns must be present; every contract column present must cast to its dtype (strictly: a
+    value that does not fit is an error, not a null). Missing optional columns come back as nulls.
+    """
+    _file, columns, required = RESULT_TABLES[name]
+    missing = [c for c in required if c not in df.columns]
+    if missing and df.height == 0:  # an empty table (``pl.DataFrame()``) stands for "none"
+        return conform(df, columns)
+    if missing:
+        raise ResultsError(
+            f"{where}: missing column(s) {', '.join(missing)}; the {name} table needs at least "
+            f"{', '.join(required)} (DESIGN §3.3)"
+        )
+    for column, dtype in columns.items():
+        if column not in df.columns or df.schema[column] == dtype:
+            continue
+        try:
+            df.select(pl.col(column).cast(dtype, strict=True))
+        except (pl.exceptions.PolarsError, TypeError, ValueError) as exc:
+            raise ResultsError(
+                f"{where}: column {column!r} is {df.schema[column]}, the {name} contract says {dtype} "
+                f"and its values do not convert ({str(exc).splitlines()[0]})"
+            ) from None
+    return conform(df, columns, keep_extra=name in _KEEP_EXTRA)
+
+
 @dataclass
 class MatrixResult:
-    """What a CLTM sweep produces: the three result tables plus per-language scores and skipped languages."""
+    """The one results object: every table of a CLTM sweep, read and written as one set.
 
-    runs: pl.DataFrame
-    matrices: pl.DataFrame
-    properties: pl.DataFrame
+    Tables (column contracts in this module): ``runs``, ``matrices``, ``properties``, ``language_scores``,
+    ``skipped``, ``confusion``, ``predictions``. The engine (``run_matrix``), ``cltm matrix --from-runs``,
+    ``cltm finetune`` and ``cltm report`` all write and read through :meth:`write` / :meth:`read`.
+    """
+
+    runs: pl.DataFrame = field(default_factory=lambda: empty_frame(RUNS_COLUMNS))
+    matrices: pl.DataFrame = field(default_factory=lambda: empty_frame(MATRICES_COLUMNS))
+    properties: pl.DataFrame = field(default_factory=lambda: empty_frame(PROPERTIES_COLUMNS))
     skipped: pl.DataFrame = field(default_factory=lambda: empty_frame(SKIPPED_COLUMNS))
     language_scores: pl.DataFrame = field(default_factory=lambda: empty_frame(LANGUAGE_SCORES_COLUMNS))
     confusion: pl.DataFrame = field(default_factory=lambda: empty_frame(CONFUSION_COLUMNS))
     predictions: pl.DataFrame = field(default_factory=lambda: empty_frame(PREDICTIONS_COLUMNS))
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """name -> table, in the order of ``RESULT_TABLES``."""
+        return {name: getattr(self, name) for name in RESULT_TABLES}
+
+    def validated(self) -> MatrixResult:
+        """A copy with every table checked against and cast to its contract (raises ``ResultsError``)."""
+        return MatrixResult(
+            **{
+                name: validate_table(df, name, f"results table {name!r}")
+                for name, df in self.tables().items()
+            }
+        )
+
+    @classmethod
+    def concat(cls, results: list[MatrixResult]) -> MatrixResult:
+        """Several results (e.g. one per task or model) as one set."""
+        merged = {
+            name: pl.concat(
+                [validate_table(getattr(r, name), name, name) for r in results], how="diagonal_relaxed"
+            )
+            if results
+            else empty_frame(RESULT_TABLES[name][1])
+            for name in RESULT_TABLES
+        }
+        return cls(**merged)
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write every table into ``out_dir`` as one set; returns the directory.
+
+        Guarantee (atomic as a set): every table is first written completely to a staged file beside its
+        destination and flushed; a journal naming the staged files is then written (atomically), the staged
+        files are renamed over the destinations, ``results-set.json`` (each file's SHA-256) is written and
+        the journal removed. A failure before the journal leaves the previous set untouched (staged files
+        are removed); a crash after it is completed by the next ``read`` or ``write`` (roll forward), so a
+        reader never sees half of the old set and half of the new one. Files are written without
+        environment-dependent statistics, so the same tables give the same bytes.
+        """
+        checked = self.validated()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _recover(out)
+        for stale in out.glob(".*.staged"):
+            stale.unlink(missing_ok=True)
+        token = uuid.uuid4().hex[:8]
+        staged: list[tuple[str, str]] = []
+        entries: dict[str, dict] = {}
+        try:
+            for name, table in checked.tables().items():
+                final = RESULT_TABLES[name][0]
+                temp = f".{final}.{token}.staged"
+                atomic_write(out / temp, lambda path, t=table: t.write_parquet(path, statistics=False))
+                staged.append((temp, final))
+                entries[name] = {"file": final, "rows": table.height, "sha256": _sha256(out / temp)}
+        except BaseException:
+            for temp, _final in staged:
+                (out / temp).unlink(missing_ok=True)
+            raise
+        manifest = {"format": SET_FORMAT, "tables": entries}
+        write_text_atomic(json.dumps({"moves": staged, "manifest": manifest}, indent=1), out / SET_JOURNAL)
+        _commit(out)
+        return out
+
+    @classmethod
+    def read(cls, results_dir: str | Path) -> MatrixResult:
+        """Read a results directory: every table present, validated against its contract.
+
+        A directory needs at least one table (``runs.parquet`` alone, as ``cltm finetune`` writes, is a
+        results directory). Missing tables come back empty. When ``results-set.json`` is present every file
+        must match it (a torn or hand-edited set is refused); an interrupted write is completed first.
+        """
+        root = Path(results_dir)
+        if not root.is_dir():
+            raise ResultsError(
+                f"{root}: not a directory. Pass the --out DIR of `cltm matrix` or `cltm finetune`."
+            )
+        _recover(root)
+        expected = _read_manifest(root)
+        present = {name for name, spec in RESULT_TABLES.items() if (root / spec[0]).exists()}
+        if not present:
+            raise ResultsError(
+                f"{root}: no results tables; a results directory holds runs.parquet, matrices.parquet, "
+                "properties.parquet, ... as written by `cltm matrix --out DIR` or `cltm finetune --out DIR`"
+            )
+        lost = sorted(set(expected or {}) - present)
+        if lost:
+            raise ResultsError(
+                f"{root}: {', '.join(RESULT_TABLES[n][0] for n in lost)} listed in {SET_MANIFEST} but "
+                "missing: the results set is incomplete; re-run the command that wrote it"
+            )
+        tables = {}
+        for name, (file, columns, _required) in RESULT_TABLES.items():
+            path = root / file
+            if name not in present:
+                tables[name] = empty_frame(columns)
+                continue
+            if expected is not None and name in expected and _sha256(path) != expected[name]["sha256"]:
+                raise ResultsError(
+                    f"{path}: does not match {root / SET_MANIFEST} (written by another run, or edited): the "
+                    "results set is torn. Re-run the command that wrote it, or delete results-set.json to "
+                    "accept the files as they are"
+                )
+            try:
+                df = pl.read_parquet(path)
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise ResultsError(
+                    f"{path}: cannot be read as Parquet ({str(exc).splitlines()[0]}); re-run the "
+                    "command that wrote it"
+                ) from None
+            tables[name] = validate_table(df, name, str(path))
+        return cls(**tables)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(root: Path) -> dict | None:
+    path = root / SET_MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        return {name: entry for name, entry in manifest["tables"].items() if name in RESULT_TABLES}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ResultsError(
+            f"{path}: not a results-set manifest ({exc}); delete it to read the files as they are"
+        ) from None
+
+
+def _commit(root: Path) -> None:
+    """Rename the staged files of the journal into place, write the manifest, drop the journal."""
+    journal = json.loads((root / SET_JOURNAL).read_text(encoding="utf-8"))
+    for temp, final in journal["moves"]:
+        if (root / temp).exists():  # absent: renamed before an interruption
+            os.replace(root / temp, root / final)
+    try:  # make the renames durable before the manifest says they happened
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # directories cannot be opened or synced on every platform
+        pass
+    write_text_atomic(json.dumps(journal["manifest"], indent=1, sort_keys=True), root / SET_MANIFEST)
+    (root / SET_JOURNAL).unlink()
+
+
+def _recover(root: Path) -> None:
+    """Complete a write that was interrupted after its journal (roll forward)."""
+    if not (root / SET_JOURNAL).exists():
+        return
+    try:
+        _commit(root)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResultsError(
+            f"{root}: an interrupted write ({SET_JOURNAL}) could not be completed ({exc}); re-run the "
+            "command that wrote the directory"
+        ) from None
 
 
 def write_results(
@@ -212,48 +467,23 @@ def write_results(
     *,
     skipped: pl.DataFrame | None = None,
     language_scores: pl.DataFrame | None = None,
+    confusion: pl.DataFrame | None = None,
+    predictions: pl.DataFrame | None = None,
 ) -> Path:
-    """Write the results directory: runs/matrices/properties (+ skipped, language_scores) as Parquet.
-
-    Files are written without statistics that depend on the environment, so the same tables give the same
-    bytes. Returns the directory.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "runs": conform(runs, RUNS_COLUMNS, keep_extra=True),
-        "matrices": conform(matrices, MATRICES_COLUMNS, keep_extra=True),
-        "properties": conform(properties, PROPERTIES_COLUMNS, keep_extra=True),
-        "skipped": conform(skipped if skipped is not None else empty_frame(SKIPPED_COLUMNS), SKIPPED_COLUMNS),
-        "language_scores": conform(
-            language_scores if language_scores is not None else empty_frame(LANGUAGE_SCORES_COLUMNS),
-            LANGUAGE_SCORES_COLUMNS,
-        ),
+    """``MatrixResult(...).write(out_dir)`` for callers holding loose tables (None = empty table)."""
+    given = {
+        "skipped": skipped,
+        "language_scores": language_scores,
+        "confusion": confusion,
+        "predictions": predictions,
     }
-    for name, table in tables.items():
-        table.write_parquet(out / RESULT_FILES[name], statistics=False)
-    return out
+    extra = {name: df for name, df in given.items() if df is not None}
+    return MatrixResult(runs=runs, matrices=matrices, properties=properties, **extra).write(out_dir)
 
 
 def read_results(results_dir: str | Path) -> MatrixResult:
-    """Read a results directory written by ``write_results`` (missing optional tables come back empty)."""
-    root = Path(results_dir)
-    if not (root / RESULT_FILES["matrices"]).exists():
-        raise FileNotFoundError(
-            f"{root} has no {RESULT_FILES['matrices']}: is it a `cltm matrix --out` directory?"
-        )
-
-    def _read(name: str, columns: dict[str, pl.DataType]) -> pl.DataFrame:
-        path = root / RESULT_FILES[name]
-        return pl.read_parquet(path) if path.exists() else empty_frame(columns)
-
-    return MatrixResult(
-        runs=_read("runs", RUNS_COLUMNS),
-        matrices=_read("matrices", MATRICES_COLUMNS),
-        properties=_read("properties", PROPERTIES_COLUMNS),
-        skipped=_read("skipped", SKIPPED_COLUMNS),
-        language_scores=_read("language_scores", LANGUAGE_SCORES_COLUMNS),
-    )
+    """``MatrixResult.read(results_dir)``."""
+    return MatrixResult.read(results_dir)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,8 +546,10 @@ def _read_reference_csv(df: pl.DataFrame, options: dict) -> pl.DataFrame:
     kind = pl.col("type").cast(pl.String).str.strip_chars().str.to_lowercase()
     bad = df.filter(~kind.is_in(["single", "dual"]))
     if bad.height:
-        raise ValueError(
-            f"reference CSV: `type` must be single or dual; found {bad['type'].unique().to_list()}"
+        rows = bad[_ROW].to_list() if _ROW in bad.columns else []
+        raise RunsTableError(
+            f"reference CSV: {_rows_text(rows) + ': ' if rows else ''}`type` must be single or dual; "
+            f"found {bad['type'].unique().to_list()}"
         )
     src = pl.col("lang_src").cast(pl.String).str.strip_chars()
     tgt = (
@@ -349,17 +581,145 @@ def _read_reference_csv(df: pl.DataFrame, options: dict) -> pl.DataFrame:
         pl.lit("reference").alias("source"),
         seed_count.cast(pl.Int64).alias("seed_count"),
         variance.alias(f"{metric}_var"),
+        *([pl.col(_ROW)] if _ROW in df.columns else []),
     )
-    return conform(out, {**RUNS_COLUMNS, **AGGREGATE_COLUMNS})
+    return conform(out, {**RUNS_COLUMNS, **AGGREGATE_COLUMNS}, keep_extra=True)
+
+
+class RunsTableError(ValueError):
+    """A runs table that cannot be trusted; the message names the file, the row(s) and the fix."""
+
+
+#: Columns that must hold numbers when present (checked before any conversion, with the offending row).
+_NUMERIC_INPUT = re.compile(
+    r"^(layer|seed|fold|n_train|seed_count|" + "|".join(METRIC_COLUMNS) + r"|\w+_mean|\w+_var)$"
+)
+_ROW = "__row"
+_MAX_LISTED = 5
+
+
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(map(str, rows[:_MAX_LISTED]))
+    return (
+        f"row {shown}"
+        if len(rows) == 1
+        else f"rows {shown}" + (f" (+{len(rows) - _MAX_LISTED} more)" if len(rows) > _MAX_LISTED else "")
+    )
+
+
+def _check_csv_shape(path: Path, separator: str) -> None:
+    """A CSV whose lines do not all have the header's number of fields is refused with the first such line."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=separator)
+        header = next(reader, None)
+        if header is None:
+            raise RunsTableError(f"{path}: the file has no header line; write the column names first")
+        for line, fields in enumerate(reader, start=2):
+            if fields and len(fields) != len(header):
+                raise RunsTableError(
+                    f"{path}: line {line} has {len(fields)} field(s), the header has {len(header)}; "
+                    "fix or remove that line"
+                )
 
 
 def _load_table(path: Path) -> pl.DataFrame:
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pl.read_parquet(path)
-    if suffix in (".csv", ".tsv", ".txt"):
-        return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000)
-    raise ValueError(f"{path}: unknown runs file type {suffix!r}; use .parquet, .csv or .tsv")
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
+        raise RunsTableError(f"{path}: unknown runs file type {suffix!r}; use .parquet, .csv or .tsv")
+    if path.stat().st_size == 0:
+        raise RunsTableError(f"{path}: the file is empty (0 bytes); a runs table needs a header and rows")
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pl.read_parquet(path)
+        separator = "\t" if suffix == ".tsv" else ","
+        _check_csv_shape(path, separator)
+        return pl.read_csv(path, separator=separator, infer_schema_length=None)
+    except RunsTableError:
+        raise
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise RunsTableError(
+            f"{path}: cannot be read as a {suffix.lstrip('.')} table ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def _check_numbers(df: pl.DataFrame, source: str) -> None:
+    """Numeric columns read as text (a stray word in a CSV) are refused with the first offending rows."""
+    for column in df.columns:
+        if not _NUMERIC_INPUT.match(column) or df.schema[column] != pl.String:
+            continue
+        text = pl.col(column).str.strip_chars()
+        bad = df.filter(text.is_not_null() & (text != "") & text.cast(pl.Float64, strict=False).is_null())
+        if bad.height:
+            values = ", ".join(repr(v) for v in bad[column].head(3).to_list())
+            raise RunsTableError(
+                f"{source}: {_rows_text(bad[_ROW].to_list())}: column {column!r} holds {values}, not a number"
+            )
+
+
+def validate_runs(runs: pl.DataFrame, source: str = "runs table", *, require_conditions: bool = True) -> None:
+    """Refuse a runs table that would give a silently wrong matrix; the message names the rows.
+
+    Checks: known ``condition`` values; no duplicated condition row (per seed and fold for per-seed runs;
+    per condition for aggregated ones); ``seed_count`` > 0 and variances >= 0 (aggregated runs); every
+    target with ``pair`` or ``zero_shot`` rows has its ``single`` and ``self`` rows (unless
+    ``require_conditions`` is False). Row numbers count data rows from 1 (a ``__row`` column, added by
+    ``read_runs``, is used when present).
+    """
+    if runs.height == 0:
+        raise RunsTableError(f"{source}: no rows")
+    df = runs if _ROW in runs.columns else runs.with_row_index(_ROW, offset=1)
+    unknown = df.filter(~pl.col("condition").is_in(list(CONDITIONS)) | pl.col("condition").is_null())
+    if unknown.height:
+        raise RunsTableError(
+            f"{source}: {_rows_text(unknown[_ROW].to_list())}: condition "
+            f"{unknown['condition'].unique().to_list()} is not one of {', '.join(CONDITIONS)}"
+        )
+    aggregated = "seed_count" in df.columns
+    keys = [*MATRIX_KEYS, "condition", "target", "donor"] + ([] if aggregated else ["seed", "fold"])
+    keys = [k for k in keys if k in df.columns]
+    dups = (
+        df.group_by(keys)
+        .agg(pl.col(_ROW).sort())
+        .filter(pl.col(_ROW).list.len() > 1)
+        .sort(pl.col(_ROW).list.first())
+    )
+    if dups.height:
+        first = dups.row(0, named=True)
+        raise RunsTableError(
+            f"{source}: {_rows_text(first[_ROW])} repeat condition {first['condition']!r} of target "
+            f"{first['target']!r}, donor {first['donor']!r}"
+            + ("" if aggregated else f", seed {first.get('seed')}")
+            + f" ({dups.height} repeated key(s) in all); keep one row per condition"
+            + ("" if aggregated else ", seed and fold")
+        )
+    if aggregated:
+        bad = df.filter(pl.col("seed_count").is_null() | (pl.col("seed_count") <= 0))
+        if bad.height:
+            raise RunsTableError(
+                f"{source}: {_rows_text(bad[_ROW].to_list())}: seed_count must be a positive number of seeds "
+                f"(found {bad['seed_count'].head(3).to_list()})"
+            )
+        for column in [c for c in df.columns if c.endswith("_var")]:
+            bad = df.filter(pl.col(column).cast(pl.Float64) < 0)
+            if bad.height:
+                raise RunsTableError(
+                    f"{source}: {_rows_text(bad[_ROW].to_list())}: {column} is negative "
+                    f"({bad[column].head(3).to_list()}); a between-seed variance is >= 0"
+                )
+    if not require_conditions:
+        return
+    for key, group in df.partition_by(list(MATRIX_KEYS), as_dict=True, maintain_order=True).items():
+        conditions = group.group_by("target").agg(pl.col("condition").unique())
+        for target, present in conditions.iter_rows():
+            lacking = [c for c in ("single", "self") if c not in present]
+            if lacking and set(present) & {"pair", "zero_shot"}:
+                rows = group.filter(pl.col("target") == target)[_ROW].to_list()
+                where = "/".join("–" if k is None else str(k) for k in key)
+                raise RunsTableError(
+                    f"{source}: target {target!r} ({where}) has no "
+                    f"{' or '.join(repr(c) for c in lacking)} row, needed by its {_rows_text(rows)}: add the "
+                    "missing condition(s) or remove the target's rows"
+                )
 
 
 def read_runs(
@@ -371,11 +731,14 @@ def read_runs(
     probe: str | None = None,
     layer: int | None = None,
 ) -> pl.DataFrame:
-    """Read a runs table: our long ``runs`` (Parquet/CSV) or the published reference CSV.
+    """Read and validate a runs table: our long ``runs`` (Parquet/CSV) or the published reference CSV.
 
     ``format`` names a registered format (see ``runs_formats()``); by default it is sniffed from the columns.
     The keyword options fill the identifying columns a reference CSV lacks (task defaults from the metric: AUC
-    -> speaker, F1 -> gender, WER -> asr; model "reference"; probe "finetune"; layer null).
+    -> speaker, F1 -> gender, WER -> asr; model "reference"; probe "finetune"; layer null). Nothing is
+    trusted: an empty or ragged file, text in a numeric column, duplicated condition rows, a non-positive
+    ``seed_count``, a negative variance or a target without its ``single``/``self`` rows raise
+    ``RunsTableError`` naming the rows (see :func:`validate_runs`).
     """
     p = Path(path)
     if not p.exists():
@@ -384,15 +747,22 @@ def read_runs(
     if format is None:
         format = next((name for name, (sniff, _) in _RUNS_FORMATS.items() if sniff(df.columns)), None)
         if format is None:
-            raise ValueError(
+            raise RunsTableError(
                 f"{p}: not a recognised runs table (columns {df.columns}). Expected our runs columns "
                 "(condition, target, donor, ...) or the reference CSV (type, lang_src, lang_tgt, "
                 "f1_mean|auc_mean|wer_mean, ...)"
             )
     if format not in _RUNS_FORMATS:
         raise ValueError(f"unknown runs format {format!r}; known: {runs_formats()}")
+    df = df.with_row_index(_ROW, offset=1)
+    _check_numbers(df, str(p))
     options = {"task": task, "model": model, "probe": probe, "layer": layer}
-    return _RUNS_FORMATS[format][1](df, options)
+    try:
+        runs = _RUNS_FORMATS[format][1](df, options)
+    except pl.exceptions.PolarsError as exc:
+        raise RunsTableError(f"{p}: {str(exc).splitlines()[0]}") from None
+    validate_runs(runs, str(p))
+    return runs.drop(_ROW) if _ROW in runs.columns else runs
 
 
 def write_reference_csv(matrix_runs: pl.DataFrame, path: str | Path, *, metric: str) -> Path:
