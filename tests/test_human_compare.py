@@ -403,3 +403,22 @@ def test_model_curves_come_from_the_runs_table_when_given(compared):
     )
     from_predictions = model_layer_curves(result)
     assert set(from_predictions["layer"]) == {0, 1, 2} and set(from_predictions["language"]) == set(LANGS)
+
+
+def test_cltm_report_human_adds_the_section(compared, tmp_path):
+    from report_fixtures import write_engine_results
+
+    out, _, _, _ = compared
+    results = write_engine_results(tmp_path / "results", n_languages=3)
+    result = CliRunner().invoke(
+        app,
+        ["report", str(results), "--out", str(tmp_path / "report"), "--human", str(out), "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count('<section id="humans-vs-models">') == 1
+    assert 'href="#humans-vs-models"' in page
+    assert (tmp_path / "report" / "figures" / "human_groups.png").exists()
+    without = CliRunner().invoke(app, ["report", str(results), "--out", str(tmp_path / "plain"), "--quiet"])
+    assert without.exit_code == 0, without.output
+    assert "humans-vs-models" not in (tmp_path / "plain" / "index.html").read_text()

@@ -42,6 +42,13 @@ def report_command(
         help="A `cltm finetune --out` directory whose runs are compared with the probe matrices "
         "(repeat the option for several).",
     ),
+    human: list[Path] = typer.Option(
+        [],
+        "--human",
+        help="A `cltm human compare --out` directory: adds a humans-vs-models section (listener groups, "
+        "native vs non-native, next to this directory's monolingual / cross-lingual runs per layer). "
+        "Repeatable.",
+    ),
     jobs: int = typer.Option(
         1, "--jobs", "-j", help="Processes drawing the heatmaps in parallel (-1 = every core)."
     ),
@@ -86,6 +93,7 @@ def report_command(
                 formats=format_list,
                 layers=layers,
                 finetune_dirs=finetune,
+                human_dirs=human,
                 n_jobs=jobs,
                 progress=advance,
             )

@@ -231,6 +231,7 @@ def build_report(
     layers: str | Sequence[int] | None = None,
     fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
     finetune_dirs: Sequence[str | Path] = (),
+    human_dirs: Sequence[str | Path] = (),
     n_jobs: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Path:
@@ -243,7 +244,9 @@ def build_report(
     ``formats``: figure formats written (png, svg, pdf; the page shows PNG or SVG). ``layers``: only these
     layers, in the one ``--layers`` grammar (:func:`cltm.layers.parse_layers`; negative numbers count from the
     deepest layer in the results; default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose
-    runs are compared with the probe matrices. ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all
+    runs are compared with the probe matrices. ``human_dirs``: ``cltm human compare --out`` directories,
+    each drawn as a humans-vs-models section next to this directory's runs
+    (:func:`cltm.human.report.human_section`). ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all
     cores).
     ``progress(step, done, total)`` is called after each (task, model, probe) group and each heatmap.
     """
@@ -335,6 +338,11 @@ def build_report(
             progress(f"heatmap {title}", done, total)
 
     saver.flush(n_jobs, heatmap_done)
+    human_html = []
+    if human_dirs:
+        from cltm.human.report import human_section
+
+        human_html = [human_section(d, out_dir, runs=tables.runs) for d in human_dirs]
     page = _page(
         tables,
         results_dir,
@@ -344,6 +352,7 @@ def build_report(
         fade_range=fade_range,
         saver=saver,
         families_source=_families_source(families),
+        extra_sections=human_html,
     )
     index_path = out_dir / "index.html"
     index_path.write_text(page, encoding="utf-8")
@@ -582,6 +591,7 @@ def _page(
     fade_range: tuple[float, float],
     saver: _Saver,
     families_source: str,
+    extra_sections: Sequence[str] = (),
 ) -> str:
     fmt = saver.page_format
     tasks = list(dict.fromkeys(r.task for r in reports))
@@ -614,6 +624,8 @@ def _page(
         parts.append("</ul></li>")
     if comparisons:
         parts.append('<li><a href="#finetune">probe vs fine-tune</a></li>')
+    if extra_sections:
+        parts.append('<li><a href="#humans-vs-models">humans vs models</a></li>')
     parts.append("</ul></nav>")
     for task in tasks:
         parts.append(f'<section id="task-{slug(task)}"><h2>Task: {escape(task)}</h2>')
@@ -629,6 +641,7 @@ def _page(
         parts.append(html.table(every))
         parts.append(html.links([("CSV", "tables/finetune_spearman.csv")]))
         parts.append("</section>")
+    parts += extra_sections
     extra = sorted(p.name for p in results_dir.glob("*.json") if p.name not in IGNORED_JSON)
     if extra:
         parts.append("<section><h2>Configuration files in the results directory</h2>")
