@@ -78,7 +78,7 @@ def _manifest(corpus) -> pl.DataFrame:
     return read_manifest(corpus[0])  # paths resolved to absolute ones
 
 
-SETTINGS = TrainSettings(lr=1e-2, epochs=3, patience=1, layer=2, peft="lora", lora_rank=2, lora_alpha=4)
+SETTINGS = TrainSettings(lr=1e-2, epochs=2, patience=1, layer=2, peft="lora", lora_rank=2, lora_alpha=4)
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +205,10 @@ def _base(corpus, layer: int | None = 2):
 
 
 def test_sequential_second_stage_starts_from_the_first_stages_weights(corpus):
+    """The state after stage 1 is the state stage 2 starts from; and the whole run equals two hand-made
+    stages (train on the donor's rows, then on the target's): same predictions and scores."""
+    from transformers import set_seed
+
     manifest, plan = _plan(corpus, "sequential")
     loaded, encoder = _base(corpus)
     states: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
@@ -212,8 +216,8 @@ def test_sequential_second_stage_starts_from_the_first_stages_weights(corpus):
     def record(index, when, model):
         states[(index, when)] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    settings = TrainSettings(lr=1e-2, epochs=2, peft="lora", lora_rank=2, layer=2)
-    run_one(
+    settings = TrainSettings(lr=1e-2, epochs=1, peft="adapter", adapter_size=4, layer=2)
+    output = run_one(
         plan,
         manifest=manifest,
         task="emotion",
@@ -229,29 +233,10 @@ def test_sequential_second_stage_starts_from_the_first_stages_weights(corpus):
     assert after_first.keys() == second_start.keys()
     for name, value in after_first.items():
         assert torch.equal(value, second_start[name]), name
-    trained = [k for k in after_first if "lora_B" in k or k.startswith("head.")]
-    # stage 1 did train (its LoRA and head moved from the initial state), and stage 2 went on from there
+    trained = [k for k in after_first if ".adapter." in k or k.startswith("head.")]
+    # stage 1 did train (its adapters and head moved from the initial state), and stage 2 went on from there
     assert any(not torch.equal(states[(0, "start")][k], after_first[k]) for k in trained)
     assert any(not torch.equal(states[(1, "end")][k], second_start[k]) for k in trained)
-
-
-def test_sequential_run_matches_two_hand_made_stages(corpus):
-    """Train on the donor's rows, then on the target's, by hand: the runner's predictions are the same."""
-    from transformers import set_seed
-
-    manifest, plan = _plan(corpus, "sequential")
-    loaded, encoder = _base(corpus)
-    settings = TrainSettings(lr=1e-2, epochs=1, peft="adapter", adapter_size=4, layer=2)
-    output = run_one(
-        plan,
-        manifest=manifest,
-        task="emotion",
-        base_encoder=encoder,
-        sampling_rate=loaded.sampling_rate,
-        min_samples=loaded.min_samples,
-        pass_attention_mask=loaded.return_attention_mask,
-        settings=settings,
-    )
     labels = task_labels(manifest, "emotion").to_list()
     classes = list(EMOTIONS)
     set_seed(0)
@@ -290,38 +275,60 @@ def test_dev_rows_come_from_the_training_languages_dev_split_only(corpus):
         dev_rows(manifest.drop("split"), labels, ["de"], list(EMOTIONS))
 
 
-def test_early_stopping_keeps_the_best_dev_epoch(corpus):
-    """The kept weights score the best epoch's dev value; training stops `patience` epochs after it."""
+@pytest.mark.parametrize(
+    "scripted, best_epoch, epochs_run",
+    [
+        ([(0.50, 1.0), (0.70, 0.9), (0.60, 0.8), (0.9, 0.1)], 2, 3),  # stops one epoch after its best
+        ([(0.50, 1.0), (0.50, 0.8), (0.50, 0.9), (0.5, 0.95)], 2, 3),  # equal UAR: the lower dev loss wins
+        ([(0.50, 1.0), (0.60, 0.9), (0.70, 0.8), (0.8, 0.7)], 4, 4),  # always improving: every epoch runs
+    ],
+)
+def test_early_stopping_keeps_the_best_dev_epochs_weights(
+    corpus, monkeypatch, scripted, best_epoch, epochs_run
+):
+    """Dev scores are scripted; the weights seen at each epoch's evaluation are recorded. The model ends with
+    the best epoch's weights, and training stops `patience` epochs after the best one."""
+    import cltm.finetune.train as train_module
+
     manifest, plan = _plan(corpus, "single")
-    loaded, encoder = _base(corpus, layer=None)
+    loaded, encoder = _base(corpus, layer=1)
     labels = task_labels(manifest, "emotion").to_list()
-    classes = list(EMOTIONS)
-    dev = dev_rows(manifest, task_labels(manifest, "emotion"), ["en"], classes)
+    rows = plan.train_rows[:2]
+    waves = ManifestWaves(manifest, rows, sampling_rate=SR, min_samples=loaded.min_samples)
+    train = [list(EMOTIONS).index(labels[int(r)]) for r in rows]
+    seen: list[dict[str, torch.Tensor]] = []
 
-    def waves(rows):
-        return ManifestWaves(manifest, rows, sampling_rate=SR, min_samples=loaded.min_samples)
+    def scripted_score(model, dev, settings, device, num_workers):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return scripted[len(seen) - 1]
 
-    dev_set = (waves(dev), [classes.index(labels[int(r)]) for r in dev])
-    settings = TrainSettings(lr=5e-2, epochs=6, patience=2, peft="none")
-    torch.manual_seed(0)
+    monkeypatch.setattr(train_module, "_dev_score", scripted_score)
     model = apply_peft(PooledEncoderClassifier(copy.deepcopy(encoder), 4), "none")
-    train = [classes.index(labels[int(r)]) for r in plan.train_rows]
-    log = train_classifier(model, waves(plan.train_rows), train, settings, seed=0, dev=dev_set)
-    # the reference rule, written out: best = max (uar, -loss); stop once `patience` epochs passed it
-    best, best_epoch, stop = None, None, None
-    for epoch, (u, loss) in enumerate(log.dev_scores, start=1):
-        if best is None or (u, -loss) > best:
-            best, best_epoch = (u, -loss), epoch
-        elif epoch - best_epoch >= settings.patience:
-            stop = epoch
-            break
-    assert log.best_epoch == best_epoch
-    assert log.epochs_run == (stop or settings.epochs)
-    from cltm.finetune.train import _dev_score
+    settings = TrainSettings(lr=1e-2, epochs=4, patience=1)
+    log = train_classifier(model, waves, train, settings, seed=0, dev=(waves, train))
+    assert (log.best_epoch, log.epochs_run, len(seen)) == (best_epoch, epochs_run, epochs_run)
+    final = model.state_dict()
+    for name, value in seen[best_epoch - 1].items():
+        assert torch.equal(final[name], value), name
+    if best_epoch != epochs_run:
+        assert any(not torch.equal(final[k], v) for k, v in seen[-1].items())
 
-    kept = _dev_score(model, dev_set, settings, "cpu", 0)
-    assert kept[0] == pytest.approx(log.dev_scores[best_epoch - 1][0])
-    assert kept[1] == pytest.approx(log.dev_scores[best_epoch - 1][1], rel=1e-5)
+
+def test_dev_score_is_uar_and_cross_entropy(corpus):
+    from cltm.finetune.train import _dev_score, predict_logits
+
+    manifest, plan = _plan(corpus, "single")
+    loaded, encoder = _base(corpus, layer=1)
+    waves = ManifestWaves(manifest, plan.test_rows, sampling_rate=SR, min_samples=loaded.min_samples)
+    torch.manual_seed(3)
+    model = PooledEncoderClassifier(copy.deepcopy(encoder), 4)
+    truth = [0, 1, 2, 3]
+    settings = TrainSettings()
+    score = _dev_score(model, (waves, truth), settings, "cpu", 0)
+    logits = predict_logits(model, waves, settings)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    assert score[0] == pytest.approx(balanced_accuracy_score(truth, logits.argmax(1)))
+    assert score[1] == pytest.approx(-np.mean(log_p[np.arange(4), truth]), rel=1e-5)
 
 
 def test_train_languages_and_conditions():
