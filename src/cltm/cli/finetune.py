@@ -328,25 +328,34 @@ def _print_cells(console, table_cls, runs, task: str) -> None:
     metric = "auc" if task == "speaker" else "f1"
     if runs.height == 0 or metric not in runs.columns:
         return
+    # classification also shows UAR (balanced accuracy), the usual emotion-recognition figure
+    extra = [] if task == "speaker" or "uar" not in runs.columns else ["uar"]
     summary = (
         runs.filter(pl.col("task") == task)
-        .group_by("probe", "target", "donor", "condition", maintain_order=True)
-        .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("sd"), pl.len().alias("seeds"))
-        .sort("probe", "target", "condition", "donor")
+        .group_by("probe", "layer", "target", "donor", "condition", maintain_order=True)
+        .agg(
+            pl.col(metric).mean().alias("mean"),
+            pl.col(metric).std().alias("sd"),
+            *(pl.col(c).mean().alias(c) for c in extra),
+            pl.len().alias("seeds"),
+        )
+        .sort("probe", "layer", "target", "condition", "donor")
     )
     table = table_cls(title=f"fine-tuned {metric} (mean over seeds)")
-    for column in ("probe", "condition", "target", "donor", "seeds", "mean", "sd"):
+    for column in ("probe", "layer", "condition", "target", "donor", "seeds", "mean", "sd", *extra):
         table.add_column(column)
     for row in summary.iter_rows(named=True):
         sd = "" if row["sd"] is None else f"{row['sd']:.3f}"
         table.add_row(
             row["probe"],
+            str(row["layer"]),
             row["condition"],
             row["target"],
             row["donor"],
             str(row["seeds"]),
             f"{row['mean']:.3f}",
             sd,
+            *("" if row[c] is None else f"{row[c]:.3f}" for c in extra),
         )
     console.print(table)
     try:
