@@ -475,3 +475,64 @@ def test_cli_bad_study_options_give_a_clean_error(corpus, tmp_path, extra, messa
     assert result.exit_code != 0
     assert message in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def _prediction_rows(run: dict, utts: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        [
+            {
+                **run,
+                "utt_id": u,
+                "true": "sad",
+                "pred": "sad",
+                "classes": ["happy", "sad"],
+                "scores": [0.2, 0.8],
+                "source": "finetune",
+            }
+            for u in utts
+        ]
+    )
+
+
+def test_rank_part_files_of_predictions_fold_into_one_table(tmp_path):
+    """What a 2-process run leaves (part files of runs and predictions) folds into one table of each."""
+    from cltm.finetune.runs import (
+        PREDICTIONS_PARTS_DIR,
+        consolidate,
+        part_path,
+        read_finetune_predictions,
+    )
+
+    base = dict(task="emotion", model="m", layer=2, probe="finetune", target="en", seed=0)
+    runs = [
+        {**base, "condition": "single", "donor": "en", "train_languages": "en"},
+        {**base, "condition": "sequential", "donor": "de", "train_languages": "de>en"},
+    ]
+    for rank, run in enumerate(runs):
+        row = {**run, "config_hash": "h", "f1": 1.0, "source": "finetune"}
+        path = part_path(tmp_path, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pl.DataFrame([row]).write_parquet(path)
+        ppath = part_path(tmp_path, rank, PREDICTIONS_PARTS_DIR)
+        ppath.parent.mkdir(parents=True, exist_ok=True)
+        _prediction_rows(run, ["u1", "u2"]).write_parquet(ppath)
+    assert read_finetune_predictions(tmp_path).height == 4  # readers see the parts before folding
+    folded = consolidate(tmp_path)
+    assert folded.height == 2
+    predictions = pl.read_parquet(tmp_path / "predictions.parquet")
+    assert predictions.columns == list(PREDICTIONS_COLUMNS) and predictions.height == 4
+    assert set(predictions["train_languages"]) == {"en", "de>en"}
+    assert not (tmp_path / "runs.parts").exists() and not (tmp_path / PREDICTIONS_PARTS_DIR).exists()
+
+
+def test_another_layer_may_share_the_directory_but_not_another_configuration(tmp_path):
+    from cltm.finetune.runs import check_same_config
+
+    runs = pl.DataFrame([dict(task="emotion", model="m", layer=2, probe="finetune-lora", config_hash="aaa")])
+    check_same_config(
+        runs, task="emotion", model="m", probe="finetune-lora", hash_="bbb", out_dir=tmp_path, layer=5
+    )
+    with pytest.raises(FinetuneError, match="at layer 2"):
+        check_same_config(
+            runs, task="emotion", model="m", probe="finetune-lora", hash_="bbb", out_dir=tmp_path, layer=2
+        )
