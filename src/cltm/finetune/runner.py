@@ -149,7 +149,7 @@ def _one_matrix_family(
     """The ``matrices.parquet`` rows of one (task, model, probe) of a probe sweep's output directory."""
     from cltm.transfer.tables import read_results
 
-    # TODO(results): read through h13b's results object once it exists
+    # TODO(results): read through the results object of cltm.transfer.tables once it exists
     matrices = read_results(matrix_dir).matrices.filter(pl.col("task") == task)
     if matrices.height == 0:
         raise FinetuneError(f"{matrix_dir}/matrices.parquet has no rows for task {task!r}")
@@ -746,7 +746,7 @@ def _save(
 
     Predictions are written before the runs table: a run whose row exists always has its predictions.
     """
-    # TODO(results): write through h13b's results object (cltm.transfer.tables) once it exists
+    # TODO(results): write through the results object of cltm.transfer.tables once it exists
     new = merge_runs([pl.DataFrame(new_rows, infer_schema_length=None)])
     if existing_predictions is not None and new_predictions:
         fresh = merge_predictions(new_predictions)
