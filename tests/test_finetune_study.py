@@ -20,6 +20,7 @@ from cltm.finetune.runner import (
     FinetuneError,
     ManifestWaves,
     SequentialPlan,
+    StageCache,
     best_layer,
     dev_rows,
     parse_conditions,
@@ -121,6 +122,9 @@ def test_study_conditions_are_in_the_runs_table_at_layer_k(study):
     assert n_train == {"single": 4, "zero_shot": 4, "sequential": 8}  # N=1 per class x 4 emotions
     # early stopping ran on dev: a best epoch within the epochs asked for
     assert runs["best_epoch"].is_between(1, SETTINGS.epochs).all()
+    # the sequential run's donor stage is the zero-shot model: loaded, not trained again
+    assert result.reused_stages == 1
+    assert [p.condition for p in result.plans] == ["zero_shot", "sequential", "single"]
 
 
 def test_runs_use_the_sweeps_rows_and_sequential_chains_donor_then_target(study, corpus):
@@ -246,7 +250,9 @@ def test_sequential_second_stage_starts_from_the_first_stages_weights(corpus):
         size=4,
     )
     waves = lambda rows: ManifestWaves(manifest, rows, sampling_rate=SR, min_samples=loaded.min_samples)  # noqa: E731
-    for stage in plan.stages:
+    for index, stage in enumerate(plan.stages):
+        if index:
+            set_seed(1)  # stage k > 0 draws dropout from seed * 1000 + k
         train_classifier(
             model, waves(stage.rows), [classes.index(labels[int(r)]) for r in stage.rows], settings, seed=0
         )
@@ -261,6 +267,26 @@ def test_sequential_second_stage_starts_from_the_first_stages_weights(corpus):
         torch.softmax(torch.from_numpy(logits).double(), 1).numpy(),
         atol=1e-9,
     )
+
+    # the donor stage, trained by the zero-shot run and loaded from the cache, gives the same sequential run
+    cache = StageCache()
+    common = dict(
+        manifest=manifest,
+        task="emotion",
+        base_encoder=encoder,
+        sampling_rate=loaded.sampling_rate,
+        min_samples=loaded.min_samples,
+        pass_attention_mask=loaded.return_attention_mask,
+        settings=settings,
+        stage_cache=cache,
+    )
+    _, zero_shot = _plan(corpus, "zero_shot")
+    run_one(zero_shot, **common)
+    assert cache.hits == 0
+    cached = run_one(plan, **common)
+    assert cache.hits == 1
+    assert cached.predictions.equals(output.predictions)
+    assert cached.metrics == output.metrics
 
 
 def test_dev_rows_come_from_the_training_languages_dev_split_only(corpus):

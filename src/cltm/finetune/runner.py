@@ -301,7 +301,14 @@ def plan_finetune_runs(
             + f" with n={n} ({reasons}); see `cltm corpus info`, or lower --n"
         )
     order = {c: i for i, c in enumerate(FINETUNE_CONDITIONS)}
-    return sorted(chosen.values(), key=lambda p: (int(p.seed), p.target, order[p.condition], str(p.donor)))
+
+    def first_language(plan) -> str:  # runs that first train on N of the same language follow each other
+        return str(plan.donor) if plan.condition in ("zero_shot", "sequential") else plan.target
+
+    return sorted(
+        chosen.values(),
+        key=lambda p: (int(p.seed), first_language(p), order[p.condition], p.target, str(p.donor)),
+    )
 
 
 # --- audio access
@@ -387,6 +394,36 @@ def dev_rows(
     return keep["_row"].to_numpy().astype(np.int64)
 
 
+# conditions whose (only or first) stage is "N of one language": what a later run may load instead of training
+_REUSABLE_FIRST_STAGE = frozenset({"single", "zero_shot", "sequential"})
+
+
+class StageCache:
+    """The model state after a first training stage, kept so the next run with the same first stage loads it.
+
+    A zero-shot model from donor j, the first stage of every sequential run from j and j's own ``single``
+    model are the same training (N of j, same seed, same classes and settings): with plans ordered by that
+    language (:func:`plan_finetune_runs`) it trains once per seed instead of once per run. One entry: a full
+    fine-tune's state is as large as the model.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+        self._log: TrainLog | None = None
+        self.hits = 0
+
+    def get(self, key: tuple) -> tuple[dict[str, torch.Tensor], TrainLog] | None:
+        if self._key is None or key != self._key:
+            return None
+        self.hits += 1
+        return self._state, self._log
+
+    def put(self, key: tuple, model: torch.nn.Module, log: TrainLog) -> None:
+        self._key, self._log = key, log
+        self._state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 @dataclass
 class RunOutput:
     """What one run gives: its metric columns (plus training facts), and for classification the test
@@ -410,12 +447,16 @@ def run_one(
     device: torch.device | str = "cpu",
     num_workers: int = 0,
     on_stage: Callable[[int, str, PooledEncoderClassifier], None] | None = None,
+    stage_cache: StageCache | None = None,
 ) -> RunOutput:
     """Train one run from a fresh copy of ``base_encoder`` and score it on the plan's test set / trials.
 
     Stages (:func:`training_stages`) train one after the other on the same model: ``sequential``'s second
     stage starts from the weights (encoder, PEFT parameters and head) the first one left, with a fresh
-    optimiser and schedule. ``on_stage(index, "start" | "end", model)`` is called around every stage.
+    optimiser and schedule (and dropout seeded by the stage). ``on_stage(index, "start" | "end", model)`` is
+    called around every stage. ``stage_cache``: a first stage trained before on the same rows, seed, classes
+    and settings is loaded instead of trained again (a sequential run's donor stage is the donor's own
+    ``single`` model and every ``zero_shot`` model from that donor).
     ``metrics`` holds the metric columns plus ``train_steps`` and ``train_loss`` (mean over the last
     epoch's steps of the last stage), and with early stopping ``best_epoch`` and ``dev_uar`` (last stage).
     """
@@ -451,24 +492,41 @@ def run_one(
 
     logs: list[TrainLog] = []
     for index, (stage, values) in enumerate(zip(stages, stage_values, strict=True)):
-        dev = None
-        if settings.patience and not verification:
-            rows = dev_rows(manifest, labels, stage.languages, classes)
-            dev = (waves(rows), _class_index(labels.gather(rows).to_list(), classes))
+        if index > 0:  # later stages draw dropout from their own seed, however the first stage was made
+            set_seed(int(plan.seed) * 1000 + index)
         if on_stage is not None:
             on_stage(index, "start", model)
-        logs.append(
-            train_classifier(
-                model,
-                waves(stage.rows),
-                _class_index(values, classes),
-                settings,
-                seed=int(plan.seed),
-                device=device,
-                num_workers=num_workers,
-                dev=dev,
-            )
+        key = (
+            id(base_encoder),
+            settings,
+            int(plan.seed),
+            stage.languages,
+            stage.rows.tobytes(),
+            tuple(classes),
         )
+        reused = stage_cache.get(key) if stage_cache is not None and index == 0 else None
+        if reused is not None:  # the same first stage trained for an earlier run (e.g. the donor's single)
+            model.load_state_dict(reused[0])
+            logs.append(reused[1])
+        else:
+            dev = None
+            if settings.patience and not verification:
+                rows = dev_rows(manifest, labels, stage.languages, classes)
+                dev = (waves(rows), _class_index(labels.gather(rows).to_list(), classes))
+            logs.append(
+                train_classifier(
+                    model,
+                    waves(stage.rows),
+                    _class_index(values, classes),
+                    settings,
+                    seed=int(plan.seed),
+                    device=device,
+                    num_workers=num_workers,
+                    dev=dev,
+                )
+            )
+            if stage_cache is not None and index == 0 and plan.condition in _REUSABLE_FIRST_STAGE:
+                stage_cache.put(key, model, logs[-1])
         if on_stage is not None:
             on_stage(index, "end", model)
     predictions = None
@@ -544,6 +602,7 @@ class FinetuneResult:
     plans: list = field(default_factory=list)
     is_main_process: bool = True  # False on ranks > 0 of a multi-process launch (they should print nothing)
     predictions: pl.DataFrame | None = None  # out_dir/predictions.parquet when asked for
+    reused_stages: int = 0  # first stages loaded from an earlier run instead of trained (StageCache)
 
 
 def _process_state(device: str):
@@ -685,6 +744,9 @@ def run_finetune(
     mine = pending[rank::world]
     new_rows: list[dict] = []
     new_predictions: list[pl.DataFrame] = []
+    # zero-shot and sequential runs start by training on N of the donor (the donor's single model): once
+    reuses = any(p.condition in ("zero_shot", "sequential") for p in mine)
+    stage_cache = StageCache() if reuses else None
     run_device = state.device
     unit = "runs" if world == 1 else f"runs on rank 0 (of {world} processes)"
     bar = counting_progress(unit, enabled=progress and state.is_main_process)
@@ -708,6 +770,7 @@ def run_finetune(
                 settings=settings,
                 device=run_device,
                 num_workers=num_workers,
+                stage_cache=stage_cache,
             )
             new_rows.append({**base, **output.metrics, "seconds": time.perf_counter() - started})
             if predictions and output.predictions is not None:
@@ -730,6 +793,7 @@ def run_finetune(
         is_main_process=state.is_main_process,
         plans=plans,
         predictions=read_finetune_predictions(out) if predictions else None,
+        reused_stages=stage_cache.hits if stage_cache is not None else 0,
     )
 
 
