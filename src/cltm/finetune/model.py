@@ -31,14 +31,16 @@ def _final_norm_in_hidden_states(encoder: nn.Module) -> bool:
     """Whether ``output_hidden_states``' last entry includes a layer-norm-first encoder's final layer norm.
 
     transformers 4.x appended the normed output as the last hidden state; 5.x records every block's raw
-    output and applies the norm to ``last_hidden_state`` only. One forward pass on a short silent input
+    output and applies the norm to ``last_hidden_state`` only. One forward pass on a short tone
     tells which, so the truncated encoder matches the installed version's hidden state K.
     """
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.no_grad():
+            weight = next(encoder.parameters())
             probe = torch.sin(torch.arange(1600, dtype=torch.float32) / 7.0)[None]  # 0.1 s at 16 kHz
+            probe = probe.to(device=weight.device, dtype=weight.dtype)
             out = encoder(probe, output_hidden_states=True)
     finally:
         encoder.train(was_training)
