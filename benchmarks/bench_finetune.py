@@ -6,11 +6,15 @@ Builds a random-weight encoder (``--size base``: the HuBERT-base shape, 12 x 768
 ``cltm.finetune.train.train_classifier`` for ``--steps`` steps in the asked precision. The naive way measured
 in the same run is the published recipe's fp32; the printed ratio is fp32 step time / asked-precision step
 time. On CPU the memory figure is the process's peak RSS so far (the fp32 line includes the earlier run).
+``--layer K`` also trains the encoder cut after block K (``cltm finetune --layer K``) in the asked precision
+and prints full-depth step time / truncated step time.
 
 GPU (the measurement the issue asks for):
     python benchmarks/bench_finetune.py --size base --steps 300 --precision bf16 --device cuda
 CPU smoke setting (what dev-2c can do):
     python benchmarks/bench_finetune.py --size small --steps 20 --seconds 2 --precision bf16 --device cpu
+Truncation at the middle block, LoRA:
+    python benchmarks/bench_finetune.py --size base --steps 100 --peft lora --layer 6 --device cuda
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import numpy as np
 import torch
 
 from cltm.extract.models import build_tiny_model, load_model
-from cltm.finetune.model import PooledEncoderClassifier
-from cltm.finetune.peft_modes import apply_peft
+from cltm.finetune.model import PooledEncoderClassifier, truncate_encoder
+from cltm.finetune.peft_modes import PEFT_MODES, apply_peft
 from cltm.finetune.train import TrainSettings, train_classifier
 
 SIZES = {
@@ -72,8 +76,11 @@ def measure(
     peft: str,
     device: torch.device,
     warmup: int,
+    layer: int | None = None,
 ) -> dict:
     loaded = load_model(model_dir)
+    if layer is not None:
+        truncate_encoder(loaded.model, layer)
     torch.manual_seed(0)
     model = apply_peft(PooledEncoderClassifier(loaded.model, 2), peft)
     waves = synthetic_audio((steps + warmup) * batch_size, seconds)
@@ -104,7 +111,7 @@ def measure(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     del model
     return dict(
-        precision=precision,
+        precision=precision if layer is None else f"{precision}@{layer}",
         mean_step_s=mean_step,
         median_step_s=float(statistics.median(step_times)),
         samples_per_s=batch_size / mean_step,
@@ -126,7 +133,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of every synthetic utterance")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    parser.add_argument("--peft", default="none", choices=["none", "lora", "adapter", "gating"])
+    parser.add_argument("--peft", default="none", choices=sorted(PEFT_MODES))
+    parser.add_argument("--layer", type=int, default=None, help="also train the encoder cut after block K")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
@@ -150,6 +158,11 @@ def main() -> None:
         results = [measure(model_dir, precision=args.precision, **common)]
         if args.precision != "fp32":
             results.append(measure(model_dir, precision="fp32", **common))
+        truncated = (
+            measure(model_dir, precision=args.precision, layer=args.layer, **common)
+            if args.layer is not None
+            else None
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
     print(
         f"size={args.size} peft={args.peft} device={name} batch={args.batch_size} x {args.seconds:g} s audio,"
@@ -167,6 +180,14 @@ def main() -> None:
         print(
             f"  speed-up of {args.precision} over the published fp32 recipe: "
             f"{results[1]['mean_step_s'] / results[0]['mean_step_s']:.2f}x"
+        )
+    if truncated is not None:
+        r = truncated
+        print(
+            f"  {r['precision']:>5}: step {r['mean_step_s'] * 1000:8.1f} ms"
+            f" (median {r['median_step_s'] * 1000:.1f}),"
+            f" trainable params {r['trainable']:,}; speed-up of --layer {args.layer} over full depth: "
+            f"{results[0]['mean_step_s'] / r['mean_step_s']:.2f}x"
         )
 
 

@@ -16,6 +16,7 @@ OWN_PARAMETER = {
     "lora": lambda name: "lora_" in name,
     "adapter": lambda name: ".adapter." in name,
     "gating": lambda name: name.startswith("gates."),
+    "weighted": lambda name: name == "layer_weights",
 }
 
 

@@ -7,22 +7,49 @@ from pathlib import Path
 import typer
 
 from cltm.cli._errors import EXIT_FAILED, fail
+from cltm.finetune import LORA_TARGET_MODULES
 
 ORDER = 60
 
 HELP = (
     "Fine-tune the speech encoder for chosen CLTM cells, the published way, on the probe sweep's subsets.\n\n"
-    "For every cell TARGET:DONOR and seed it trains three models from the pre-trained weights: `single` (N "
-    "of the target), `self` (2N of the target) and `pair` (N of the target + N of the donor), and scores "
-    "them on the target's held-out test set (speaker: cosine scoring of the target's trials). Subsets, test "
-    "sets and trials come from the same planner as `cltm matrix`, so the two CLTMs compare cell by cell.\n\n"
+    "For every cell TARGET:DONOR and seed it trains, from the pre-trained weights, the --conditions asked "
+    "for (default the CLTM's three): `single` (N of the target: the monolingual model), `self` (2N of the "
+    "target), `pair` (N of the target + N of the donor), `zero_shot` (N of the donor only) and `sequential` "
+    "(N of the donor, then that model adapted on N of the target), and scores them on the target's held-out "
+    "test set (speaker: cosine scoring of the target's trials). Subsets, test sets and trials come from the "
+    "same planner as `cltm matrix`, so fine-tuned and probed cells compare one to one.\n\n"
+    "--layer K cuts the encoder after block K and puts the head there (the hidden state K that probes at "
+    "layer K read); `--from-matrix DIR --layer best` takes the probe sweep's best layer.\n\n"
     "Results: DIR/runs.parquet (one row per run, source=finetune), written after every run; re-running the "
     "same command skips finished runs. Turn them into a CLTM with "
-    "`cltm matrix --from-runs DIR/runs.parquet`.\n\n"
+    "`cltm matrix --from-runs DIR/runs.parquet`. --predictions adds DIR/predictions.parquet (one row per "
+    "test utterance and run).\n\n"
     "Several GPUs: `torchrun --nproc-per-node 4 -m cltm.finetune ARGS` or `accelerate launch -m "
     "cltm.finetune ARGS` (same ARGS as here) spreads the runs over the processes, one whole run per process."
 )
 
+
+def _layer(text: str | None, from_matrix: Path | None) -> int | str | None:
+    """``--layer``: None, ``best`` (needs --from-matrix) or a hidden-state index K >= 0."""
+    if text is None:
+        return None
+    if text.strip() == "best":
+        if from_matrix is None:
+            raise typer.BadParameter(
+                "`best` picks the best probed layer of a sweep: add --from-matrix DIR", param_hint="--layer"
+            )
+        return "best"
+    try:
+        value = int(text)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give a hidden-state index K >= 0 (0 = transformer input) or `best`",
+            param_hint="--layer",
+        ) from None
+    return value
 
 
 def _seeds(text: str) -> list[int]:
@@ -64,7 +91,18 @@ def finetune_command(
         "write -N (torchrun's own parser mistakes --n for one of its options).",
     ),
     cells: str | None = typer.Option(
-        None, "--cells", help="Cells to fine-tune, TARGET:DONOR comma-separated, e.g. en:es,en:de."
+        None,
+        "--cells",
+        help="Cells to fine-tune, TARGET:DONOR comma-separated, e.g. en:es,en:de; `all` = every ordered pair "
+        "of the manifest's languages.",
+    ),
+    conditions: str = typer.Option(
+        "single,self,pair",
+        "--conditions",
+        help="Which runs per cell, comma-separated: single (monolingual: N of the target), self (2N of the "
+        "target), pair (N of target + N of donor), zero_shot (N of the donor only, tested on the target), "
+        "sequential (N of the donor, then adapt on N of the target). The CLTM needs single,self,pair; the "
+        "emotion study uses single,zero_shot,sequential.",
     ),
     seeds: str = typer.Option("3", "--seeds", help="Seed count S (seeds 0..S-1) or a list like 0,1,7."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over each training subset (published: 1)."),
@@ -81,8 +119,36 @@ def finetune_command(
     peft: str = typer.Option(
         "none",
         "--peft",
-        help="none (full fine-tune), lora (attention + feed-forward projections), adapter (bottleneck "
-        "hidden/16 on each feed-forward output) or gating (sigmoid gates on each layer's input).",
+        help="none (full fine-tune), lora (low-rank updates of --lora-targets), adapter (a bottleneck of "
+        "--adapter-size on each feed-forward output), gating (sigmoid gates on each block's input) or "
+        "weighted (weighted gating: softmax weights over the kept hidden states 0..K into the head).",
+    ),
+    lora_rank: int = typer.Option(8, "--lora-rank", min=1, help="--peft lora: rank r of the updates."),
+    lora_alpha: float = typer.Option(
+        16.0, "--lora-alpha", min=0.0, help="--peft lora: scaling alpha (updates are scaled by alpha/r)."
+    ),
+    lora_targets: str = typer.Option(
+        ",".join(LORA_TARGET_MODULES),
+        "--lora-targets",
+        help="--peft lora: module names inside each block, comma-separated (default: attention q/k/v/out "
+        "projections and the feed-forward's two layers).",
+    ),
+    adapter_size: int | None = typer.Option(
+        None, "--adapter-size", min=1, help="--peft adapter: bottleneck width (default hidden size / 16)."
+    ),
+    patience: int = typer.Option(
+        0,
+        "--patience",
+        min=0,
+        help="Early stopping on the dev split: stop after this many epochs without a better dev UAR (then "
+        "lower dev loss) and keep the best epoch's weights. Needs split=dev rows in every training language "
+        "(never the test split) and --epochs > 1. 0 = off.",
+    ),
+    predictions: bool = typer.Option(
+        False,
+        "--predictions",
+        help="Also write DIR/predictions.parquet: per test utterance and run the true and predicted label "
+        "and the per-class scores (softmax), source=finetune (classification tasks).",
     ),
     eval_batch_size: int = typer.Option(
         1,
@@ -102,8 +168,13 @@ def finetune_command(
         help="A `cltm matrix --out` directory: fine-tune its top cells instead of (or besides) --cells.",
     ),
     top: int = typer.Option(5, "--top", min=1, help="With --from-matrix: how many cells to take."),
-    layer: int | None = typer.Option(
-        None, "--layer", help="With --from-matrix: the probe layer to rank cells at (default: the deepest)."
+    layer: str | None = typer.Option(
+        None,
+        "--layer",
+        help="Cut the encoder after block K and put the head on hidden state K (0 = transformer input, as "
+        "in extraction and the probes); default: the whole encoder. `best` (with --from-matrix): the layer "
+        "with the best mean monolingual probe score. With --from-matrix, cells are ranked at this layer "
+        "(default: the deepest).",
     ),
     by: str = typer.Option(
         "abs", "--by", help="With --from-matrix: abs (largest |CLTM|) or unstable (unstable, largest SE)."
@@ -128,7 +199,14 @@ def finetune_command(
     from rich.table import Table
 
     from cltm.finetune.peft_modes import PEFT_MODES
-    from cltm.finetune.runner import cells_from_matrix, parse_cells, run_finetune
+    from cltm.finetune.runner import (
+        all_cells,
+        best_layer,
+        cells_from_matrix,
+        parse_cells,
+        parse_conditions,
+        run_finetune,
+    )
     from cltm.finetune.runs import FinetuneError
     from cltm.finetune.train import PRECISIONS, TrainSettings
 
@@ -148,11 +226,28 @@ def finetune_command(
         if not torch.cuda.is_available():
             raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_FAILED)
     seed_values = _seeds(seeds)
+    layer_value = _layer(layer, from_matrix)
     try:
-        chosen = parse_cells(cells) if cells else []
+        chosen_conditions = parse_conditions(conditions)
+        if layer_value == "best":
+            layer_value = best_layer(from_matrix, task=task, model=matrix_model, probe=matrix_probe)
+            if not quiet:
+                Console().print(f"best probed layer of {from_matrix}: {layer_value}")
+        if cells is not None and cells.strip() == "all":
+            from cltm.corpus import read_manifest
+
+            chosen = all_cells(read_manifest(manifest)["language"].drop_nulls().unique().to_list())
+        else:
+            chosen = parse_cells(cells) if cells else []
         if from_matrix is not None:
             for cell in cells_from_matrix(
-                from_matrix, task=task, top=top, layer=layer, by=by, model=matrix_model, probe=matrix_probe
+                from_matrix,
+                task=task,
+                top=top,
+                layer=layer_value,
+                by=by,
+                model=matrix_model,
+                probe=matrix_probe,
             ):
                 if cell not in chosen:
                     chosen.append(cell)
@@ -169,7 +264,17 @@ def finetune_command(
             peft=peft,
             embed_last_k=embed_last_k,
             eval_batch_size=eval_batch_size,
+            layer=layer_value,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+            adapter_size=adapter_size,
+            patience=patience,
         )
+        if patience and epochs < 2:
+            raise typer.BadParameter(
+                "early stopping compares epochs: give --epochs 2 or more", param_hint="--patience"
+            )
         result = run_finetune(
             manifest,
             model,
@@ -184,6 +289,8 @@ def finetune_command(
             device=device,
             num_workers=num_workers,
             progress=not quiet,
+            conditions=chosen_conditions,
+            predictions=predictions,
         )
     except typer.BadParameter:
         raise
@@ -203,6 +310,10 @@ def finetune_command(
         f"{result.ran} run(s) trained, {result.skipped} already done; {result.runs.height} run(s) in "
         f"{result.out_dir / 'runs.parquet'}"
     )
+    if result.predictions is not None:
+        console.print(
+            f"{result.predictions.height} prediction(s) in {result.out_dir / 'predictions.parquet'}"
+        )
     _print_cells(console, Table, result.runs, task)
     console.print(
         f"CLTM of these runs: cltm matrix --from-runs {result.out_dir / 'runs.parquet'} --task {task} "
@@ -217,25 +328,34 @@ def _print_cells(console, table_cls, runs, task: str) -> None:
     metric = "auc" if task == "speaker" else "f1"
     if runs.height == 0 or metric not in runs.columns:
         return
+    # classification also shows UAR (balanced accuracy), the usual emotion-recognition figure
+    extra = [] if task == "speaker" or "uar" not in runs.columns else ["uar"]
     summary = (
         runs.filter(pl.col("task") == task)
-        .group_by("probe", "target", "donor", "condition", maintain_order=True)
-        .agg(pl.col(metric).mean().alias("mean"), pl.col(metric).std().alias("sd"), pl.len().alias("seeds"))
-        .sort("probe", "target", "condition", "donor")
+        .group_by("probe", "layer", "target", "donor", "condition", maintain_order=True)
+        .agg(
+            pl.col(metric).mean().alias("mean"),
+            pl.col(metric).std().alias("sd"),
+            *(pl.col(c).mean().alias(c) for c in extra),
+            pl.len().alias("seeds"),
+        )
+        .sort("probe", "layer", "target", "condition", "donor")
     )
     table = table_cls(title=f"fine-tuned {metric} (mean over seeds)")
-    for column in ("probe", "condition", "target", "donor", "seeds", "mean", "sd"):
+    for column in ("probe", "layer", "condition", "target", "donor", "seeds", "mean", "sd", *extra):
         table.add_column(column)
     for row in summary.iter_rows(named=True):
         sd = "" if row["sd"] is None else f"{row['sd']:.3f}"
         table.add_row(
             row["probe"],
+            str(row["layer"]),
             row["condition"],
             row["target"],
             row["donor"],
             str(row["seeds"]),
             f"{row['mean']:.3f}",
             sd,
+            *("" if row[c] is None else f"{row[c]:.3f}" for c in extra),
         )
     console.print(table)
     try:
