@@ -147,10 +147,9 @@ def _one_matrix_family(
     matrix_dir: str | Path, *, task: str, model: str | None, probe: str | None
 ) -> pl.DataFrame:
     """The ``matrices.parquet`` rows of one (task, model, probe) of a probe sweep's output directory."""
-    from cltm.transfer.tables import read_results
+    from cltm.transfer.tables import MatrixResult
 
-    # TODO(results): read through the results object of cltm.transfer.tables once it exists
-    matrices = read_results(matrix_dir).matrices.filter(pl.col("task") == task)
+    matrices = MatrixResult.read(matrix_dir).matrices.filter(pl.col("task") == task)
     if matrices.height == 0:
         raise FinetuneError(f"{matrix_dir}/matrices.parquet has no rows for task {task!r}")
     for column, wanted in (("model", model), ("probe", probe)):
@@ -810,7 +809,8 @@ def _save(
 
     Predictions are written before the runs table: a run whose row exists always has its predictions.
     """
-    # TODO(results): write through the results object of cltm.transfer.tables once it exists
+    # A fine-tune directory grows one run at a time (resumable, several ranks), so it is a runs-only results
+    # directory (MatrixResult.read accepts it): each file is replaced atomically, no set manifest is written.
     new = merge_runs([pl.DataFrame(new_rows, infer_schema_length=None)])
     if existing_predictions is not None and new_predictions:
         fresh = merge_predictions(new_predictions)

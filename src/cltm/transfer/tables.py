@@ -4,7 +4,8 @@ Three long-form tables (DESIGN §3.3), each with a fixed column list and polars 
 
 * ``runs``: one row per (task, model, layer, probe, condition, target, donor, seed) with the metric values.
   ``condition`` is one of ``single`` (N of the target), ``self`` (2N of the target), ``pair`` (N of the
-  target + N of the donor) and ``zero_shot`` (N of the donor only, tested on the target). For ``single``
+  target + N of the donor), ``zero_shot`` (N of the donor only, tested on the target) and, from
+  fine-tuning, ``sequential`` (trained on N of the donor, then adapted on N of the target). For ``single``
   and ``self`` the donor is the target itself, as in the published reference CSV. Metric columns that do
   not apply to a task are null.
 * ``matrices``: one row per (task, model, layer, probe, target, donor) with the CLTM cell, its delta-method
@@ -48,7 +49,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "one_minus_wer",
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"eer", "min_dcf_01", "min_dcf_05"})
-CONDITIONS: tuple[str, ...] = ("single", "self", "pair", "zero_shot")
+CONDITIONS: tuple[str, ...] = ("single", "self", "pair", "zero_shot", "sequential")
 #: Columns that identify one matrix (one heatmap).
 MATRIX_KEYS: tuple[str, ...] = ("task", "model", "layer", "probe")
 
@@ -168,10 +169,10 @@ CONFUSION_COLUMNS: dict[str, pl.DataType] = {
 }
 
 #: Per-utterance predictions (on request): one row per (test utterance, run). ``train_languages`` lists the
-#: languages the model was trained on, joined with "+" in training order (e.g. "de+en" for a pair, "de" then
-#: "en" for sequential transfer: "de>en"); ``scores`` holds one score per class in the order of ``classes``
-#: (probabilities for probes, softmax outputs for fine-tuned models). ``source`` is "probe", "finetune" or
-#: "human" (listener panels compared on the same utterances).
+#: languages the model was trained on, target first: "en+de" for the pair of target en and donor de, and
+#: "de>en" for sequential transfer (trained on de, then adapted on en); ``scores`` holds one score per class
+#: in the order of ``classes`` (probabilities for probes, softmax outputs for fine-tuned models).
+#: ``source`` is "probe", "finetune" or "human" (listener panels compared on the same utterances).
 PREDICTIONS_COLUMNS: dict[str, pl.DataType] = {
     "utt_id": pl.String(),
     "task": pl.String(),
