@@ -1,13 +1,13 @@
-"""Speaker-verification back-ends on one corpus, mixed corpora and few speakers: EER of every back-end/setting.
+"""Speaker-verification back-ends on one corpus, mixed corpora and few speakers: EER of each back-end.
 
     PYTHONPATH=src python benchmarks/bench_backends.py [--real ../shared/data/real_speech] [--seeds 5]
 
 Sets (each EER is the mean over ``--seeds`` seeded speaker-disjoint splits and, for mixed training sets, over
 the target corpora; trials: every same-gender pair of the target's test utterances):
 
-- real features (``--real``: ``features.npy`` [2 layers, rows, 80] + ``manifest.parquet``, English RAVDESS and
-  Urdu; see ``shared/data/README.md``), per layer: ``en`` / ``ur`` (one corpus: train and test on it), ``en+ur``
-  (trained on both corpora, tested on each: the CLTM pair condition) and ``few`` (13 training speakers drawn
+- real features (``--real``: ``features.npy`` [2 layers, rows, 80] + ``manifest.parquet``, English RAVDESS
+  and Urdu; see ``shared/data/README.md``), per layer: ``en`` / ``ur`` (one corpus: train and test on it),
+  ``en+ur`` (trained on both corpora, tested on each: the CLTM pair condition) and ``few`` (13 training speakers drawn
   from both corpora: fewer speakers than the 80 dimensions; tested on each corpus);
 - synthetic sets built here: ``syn-one`` (one corpus), ``syn-two`` / ``syn-three`` (corpora with their own
   offset and channel: a corpus-level mean shift, their own within-speaker covariance and channel subspace),
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 
 from cltm.probes import PLDA, ASNorm, CosineBackend, LDACosine, metrics
 from cltm.probes.backends import _shrink

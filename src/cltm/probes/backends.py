@@ -45,7 +45,9 @@ def enrollment_vectors(
     and ``LDACosine`` (which centre, project and normalise after averaging, as for any single vector).
     ``SNorm``/``ASNorm`` use their wrapped back-end's setting. Without a back-end, say ``length_norm``.
     Returns ``(group_ids, vectors)`` with ``group_ids`` sorted, plus the group sizes if ``return_counts``
-    (for n-aware PLDA scoring: ``PLDA.score(vectors, test, n_enroll=counts)``).
+    (for n-aware PLDA scoring: ``PLDA.score(vectors, test, n_enroll=counts)``, which takes the vectors as
+    such means; without ``n_enroll`` a back-end scores them like any single vector, and
+    ``PLDA(length_norm=True)`` then length-normalises the mean again).
     """
     if backend is not None:
         if length_norm is not None:
@@ -148,13 +150,13 @@ class _Backend(BaseEstimator):
             X, speakers, length_norm=self._length_norm_input, second_moments=self.needs_second_moments
         )
 
-    def _prepare(self, X: np.ndarray) -> np.ndarray:
+    def _prepare(self, X: np.ndarray, normalise: bool = True) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if not hasattr(self, "mean_"):
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(X, speakers) or from_stats(...)")
         if X.shape[1] != len(self.mean_):
             raise ValueError(f"vectors have dim {X.shape[1]}, the back-end was fitted on {len(self.mean_)}")
-        return length_normalise(X) if self._length_norm_input else X
+        return length_normalise(X) if self._length_norm_input and normalise else X
 
     def score(self, enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
         enroll, test = _check_pairs(enroll, test)
@@ -288,8 +290,8 @@ class PLDA(_Backend):
     - Start: closed-form moment estimates, W0 = within scatter / (n - S) and B0 = (between scatter - S W0) / n
       with B0's negative generalised eigenvalues (against W0) clipped to zero; on balanced data (every speaker
       with the same count) and no clipping this is already the maximum-likelihood solution.
-    - EM until the training log-likelihood rises by less than ``tol`` nats per row in one step, at most
-      ``max_iter`` steps (``n_iter_`` / ``converged_`` say what happened).
+    - EM (SQUAREM-accelerated, :func:`plda_em`) until one step moves (B, W) by less than ``tol`` relative,
+      at most ``max_iter`` EM steps (``n_iter_`` / ``converged_`` / ``loglik_`` say what happened).
     - ``reg`` shrinks only the within-speaker covariance W towards a scaled identity, at the start and after
       every step: W must be invertible (768-/1024-dim inputs with few sessions per speaker), B need not be,
       and shrinking B would invent speaker variance where the training speakers have none (fewer speakers
@@ -303,8 +305,8 @@ class PLDA(_Backend):
         self,
         n_components: int | None = None,
         length_norm: bool = False,
-        max_iter: int = 100,
-        tol: float = 1e-5,
+        max_iter: int = 200,
+        tol: float = 1e-4,
         reg: float = 1e-3,
     ):
         self.n_components = n_components
@@ -352,15 +354,19 @@ class PLDA(_Backend):
 
     def score(self, enroll: np.ndarray, test: np.ndarray, n_enroll=None) -> np.ndarray:
         """Log-LRs of paired rows. ``n_enroll`` (int or one per row): each enrol row is the mean of that many
-        vectors of one speaker (see :func:`enrollment_vectors`), scored with its count as the model gives;
-        None = single vectors."""
+        preprocessed vectors of one speaker (:func:`enrollment_vectors` with this back-end; with
+        ``length_norm`` the mean of the normalised vectors, not normalised again), scored with its count as
+        the model gives; None = single vectors."""
         enroll, test = _check_pairs(enroll, test)
         if n_enroll is None:
             return self._pair_scores(self.transform(enroll), self.transform(test))
         n = np.broadcast_to(np.asarray(n_enroll, dtype=np.float64), (len(enroll),))
         if not (np.isfinite(n).all() and (n >= 1).all()):
             raise ValueError("n_enroll must be counts >= 1")
-        E, T = self.transform(enroll), self.transform(test)
+        # the enrolment rows are already means of preprocessed vectors: length-normalising them again would
+        # not be the model's mean of n vectors
+        E = (self._prepare(enroll, normalise=False) - self.mean_) @ self.transform_
+        T = self.transform(test)
         out = np.empty(len(E))
         counts, inverse = np.unique(n, return_inverse=True)
         for c, count in enumerate(counts):
@@ -406,16 +412,24 @@ def _llr_coefficients(psi: np.ndarray, n: float, separate: bool = False):
     return cross, ee, const
 
 
+_INIT_FLOOR = 0.1
+
+
 def plda_moment_init(st: SpeakerStats, reg: float) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form start for the two-covariance EM from centred statistics ``st``: (B0, W0).
 
-    W0 = within scatter / (n - S) (shrunk by ``reg``); B0 = between scatter / n - (S / n) W0, its negative
-    generalised eigenvalues against W0 set to zero. Balanced data: the maximum-likelihood (B, W) when no
-    eigenvalue is clipped (the speaker means have covariance B + W / m)."""
+    W0 = within scatter / (n - S) (shrunk by ``reg``); B0 = between scatter / n - (S / n) W0, its
+    generalised eigenvalues against W0 raised to at least a tenth of the speaker means' spread (so never
+    negative). Balanced data: the maximum-likelihood (B, W) when nothing is raised (the speaker means have
+    covariance B + W / m)."""
     n, n_spk = st.n, st.n_speakers
     within = _shrink(st.within_scatter() / (n - n_spk), reg)
     between = st.between_scatter() / n - (n_spk / n) * within
-    psi, V = _diagonalise(0.5 * (between + between.T), within)
+    psi, V = scipy.linalg.eigh(0.5 * (between + between.T), within, check_finite=False)  # unclipped
+    # EM cannot grow B in a direction where it starts at zero: a clipped direction starts at a tenth of the
+    # speaker means' spread there (n_spk / n + psi), zero only where the speaker means do not differ at all
+    psi = np.maximum(psi, _INIT_FLOOR * np.maximum(psi + n_spk / n, 0.0))
+    psi[psi < 1e-12 * max(psi.max(), 1e-300)] = 0.0  # round-off of the speaker means' null space
     back = within @ V  # = V^{-T}
     return (back * psi) @ back.T, within
 
@@ -453,11 +467,11 @@ def plda_em_step(st: SpeakerStats, between: np.ndarray, within: np.ndarray) -> t
 def _squarem_cycle(st: SpeakerStats, step, between: np.ndarray, within: np.ndarray):
     """Two EM steps, an extrapolation along the squared path (alpha from scheme S3), one EM step from there;
     the extrapolated model is kept only if it is valid and at least as likely as the two plain steps.
-    Returns (B, W, log-likelihood per row, EM steps taken)."""
+    Returns (B, W, log-likelihood per row, EM steps taken, the first step's change (dB, dW))."""
     b1, w1 = step(between, within)
     b2, w2 = step(b1, w1)
-    best = (b2, w2, plda_loglik(st, b2, w2), 2)
     rb, rw = b1 - between, w1 - within
+    best = (b2, w2, plda_loglik(st, b2, w2), 2, (rb, rw))
     vb, vw = b2 - b1 - rb, w2 - w1 - rw
     norm_v = np.sqrt(np.sum(vb * vb) + np.sum(vw * vw))
     alpha = -np.sqrt(np.sum(rb * rb) + np.sum(rw * rw)) / norm_v if norm_v > 0 else -1.0
@@ -466,7 +480,7 @@ def _squarem_cycle(st: SpeakerStats, step, between: np.ndarray, within: np.ndarr
             b3, w3 = step(between - 2 * alpha * rb + alpha**2 * vb, within - 2 * alpha * rw + alpha**2 * vw)
             ll3 = plda_loglik(st, b3, w3)
             if np.isfinite(ll3) and ll3 >= best[2]:
-                best = (b3, w3, ll3, 3)
+                best = (b3, w3, ll3, 3, (rb, rw))
         except (np.linalg.LinAlgError, ValueError):  # scipy's LinAlgError is numpy's
             pass  # the extrapolated W was not positive definite: keep the plain steps
     return best
@@ -482,33 +496,34 @@ def plda_em(
     tol: float,
     accelerate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
-    """EM from (B, W) on centred statistics, W shrunk by ``reg`` after every step, until the log-likelihood
-    per row rises by less than ``tol`` from one iterate to the next (or after ``max_iter`` EM steps).
+    """EM from (B, W) on centred statistics, W shrunk by ``reg`` after every step, until one EM step moves
+    (B, W) by less than ``tol`` relative to their size (Frobenius norms), or after ``max_iter`` EM steps.
 
-    ``accelerate``: SQUAREM (Varadhan & Roland 2008, scheme S3) cycles of at most three EM steps
-    (:func:`_squarem_cycle`), never worse than the two plain steps they contain. Same fixed points as plain
-    EM; on the shared real features it reaches in ~40 steps the likelihood plain EM reaches in 300-1000.
-    Returns (B, W, EM steps, converged, log-likelihood per row).
+    The stop is on the step, not on the likelihood: with ``reg`` > 0 the iteration's fixed point is not a
+    maximum of the likelihood, which can fall slightly on the way. ``accelerate``: SQUAREM (Varadhan & Roland
+    2008, scheme S3) cycles of at most three EM steps (:func:`_squarem_cycle`), never less likely than the
+    two plain steps they contain; same fixed points as plain EM, reached in far fewer steps (on the shared
+    real features ~40 instead of 300-1000). Returns (B, W, EM steps, converged, log-likelihood per row).
     """
 
     def step(b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new_b, new_w = plda_em_step(st, b, w)
         return new_b, _shrink(new_w, reg)
 
-    ll = plda_loglik(st, between, within)
     steps = 0
+    ll = None
     while steps < max_iter:
+        size = np.sqrt(np.sum(between * between) + np.sum(within * within))
         if accelerate and max_iter - steps >= 3:
-            between, within, new_ll, taken = _squarem_cycle(st, step, between, within)
+            between, within, ll, taken, (db, dw) = _squarem_cycle(st, step, between, within)
         else:
-            between, within = step(between, within)
-            new_ll, taken = plda_loglik(st, between, within), 1
+            new_b, new_w = step(between, within)
+            db, dw, taken = new_b - between, new_w - within, 1
+            between, within, ll = new_b, new_w, None
         steps += taken
-        done = new_ll - ll < tol
-        ll = new_ll
-        if done:
-            return between, within, steps, True, ll
-    return between, within, steps, max_iter == 0, ll
+        if np.sqrt(np.sum(db * db) + np.sum(dw * dw)) < tol * size:
+            return between, within, steps, True, plda_loglik(st, between, within) if ll is None else ll
+    return between, within, steps, max_iter == 0, plda_loglik(st, between, within)
 
 
 class SNorm(BaseEstimator):
