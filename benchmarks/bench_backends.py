@@ -7,8 +7,8 @@ the target corpora; trials: every same-gender pair of the target's test utteranc
 
 - real features (``--real``: ``features.npy`` [2 layers, rows, 80] + ``manifest.parquet``, English RAVDESS
   and Urdu; see ``shared/data/README.md``), per layer: ``en`` / ``ur`` (one corpus: train and test on it),
-  ``en+ur`` (trained on both corpora, tested on each: the CLTM pair condition) and ``few`` (13 training speakers drawn
-  from both corpora: fewer speakers than the 80 dimensions; tested on each corpus);
+  ``en+ur`` (trained on both corpora, tested on each: the CLTM pair condition) and ``few`` (13 training
+  speakers drawn from both corpora: fewer speakers than the 80 dimensions; tested on each corpus);
 - synthetic sets built here: ``syn-one`` (one corpus), ``syn-two`` / ``syn-three`` (corpora with their own
   offset and channel: a corpus-level mean shift, their own within-speaker covariance and channel subspace),
   ``syn-few`` (12 speakers, 60 dimensions, two corpora).
