@@ -305,9 +305,9 @@ class PLDA(_Backend):
         self,
         n_components: int | None = None,
         length_norm: bool = False,
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        reg: float = 1e-3,
+        max_iter: int = 300,
+        tol: float = 1e-5,
+        reg: float = 0.02,
     ):
         self.n_components = n_components
         self.length_norm = length_norm
