@@ -289,5 +289,9 @@ def test_clone_and_errors():
         CosineBackend().fit(X, spk).score(X[:2], X[:3])
     with pytest.raises(ValueError, match="2 speakers"):
         PLDA().fit(X[:2], spk[:2])
+    with pytest.raises(ValueError, match="more than one vector"):
+        PLDA().fit(X[::2], spk[::2])  # one vector per speaker: no within-speaker variation
+    capped = PLDA(max_iter=1).fit(X, spk)
+    assert capped.n_iter_ == 1 and not capped.converged_
     with pytest.raises(ValueError, match="length_norm"):
         PLDA.from_stats(SpeakerStats.from_data(X, spk, length_norm=True))

@@ -527,7 +527,7 @@ def plda_em(
         steps += taken
         if np.sqrt(np.sum(db * db) + np.sum(dw * dw)) < tol * size:
             return between, within, steps, True, plda_loglik(st, between, within) if ll is None else ll
-    return between, within, steps, max_iter == 0, plda_loglik(st, between, within)
+    return between, within, steps, False, plda_loglik(st, between, within)
 
 
 class SNorm(BaseEstimator):
