@@ -1,6 +1,7 @@
 """Speaker-verification back-ends on one corpus, mixed corpora and few speakers: EER of each back-end.
 
     PYTHONPATH=src python benchmarks/bench_backends.py [--real ../shared/data/real_speech] [--seeds 5]
+    PYTHONPATH=src python benchmarks/bench_backends.py --enrolment   # n-aware vs mean-as-one-vector enrolment
 
 Sets (each EER is the mean over ``--seeds`` seeded speaker-disjoint splits and, for mixed training sets, over
 the target corpora; trials: every same-gender pair of the target's test utterances):
@@ -144,6 +145,49 @@ def synthetic(
     return X, speakers, corpus, gender.astype(str)
 
 
+def enrolment_table(feats, spk, lang, gen, seeds: int) -> None:
+    """Multi-utterance enrolment with the default PLDA: n enrolment utterances per test speaker (n = 1, 3, 5),
+    their mean scored as one vector vs n-aware (``n_enroll``), against the speaker's other utterances and
+    same-gender others; both corpora, per layer, mean EER over seeds and corpora."""
+    from cltm.probes import enrollment_vectors
+
+    print("| layer | n | mean scored as one vector | n-aware |")
+    print("|---|---:|---:|---:|")
+    for layer in range(feats.shape[0]):
+        X = feats[layer].astype(np.float64)
+        res: dict[int, list[tuple[float, float]]] = {1: [], 3: [], 5: []}
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            test = ~split_speakers(spk, lang, gen, rng)
+            plda = PLDA().fit(X[~test], spk[~test])
+            for n in res:
+                for corpus in np.unique(lang):
+                    rows = np.flatnonzero(test & (lang == corpus))
+                    enrol, groups, probes = [], [], []
+                    for s in np.unique(spk[rows]):
+                        r = rng.permutation(rows[spk[rows] == s])
+                        if len(r) > n:
+                            enrol += list(r[:n])
+                            groups += [s] * n
+                            probes += list(r[n:])
+                    ids, V, counts = enrollment_vectors(X[enrol], np.array(groups), plda, return_counts=True)
+                    probes = np.array(probes)
+                    e, t = (a.ravel() for a in np.meshgrid(np.arange(len(ids)), probes, indexing="ij"))
+                    group_gender = {s: gen[spk == s][0] for s in ids}
+                    keep = np.array([group_gender[ids[a]] == gen[b] for a, b in zip(e, t, strict=True)])
+                    e, t = e[keep], t[keep]
+                    y = (ids[e] == spk[t]).astype(int)
+                    res[n].append(
+                        (
+                            metrics.eer(y, plda.score(V[e], X[t])),
+                            metrics.eer(y, plda.score(V[e], X[t], n_enroll=counts[e])),
+                        )
+                    )
+        for n, pairs in res.items():
+            one, aware = np.mean(pairs, axis=0)
+            print(f"| L{layer} | {n} | {100 * one:.1f} | {100 * aware:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -151,7 +195,17 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, default=5, help="speaker splits per set")
     ap.add_argument("--no-synthetic", action="store_true", help="real sets only")
+    ap.add_argument(
+        "--enrolment", action="store_true", help="only the multi-utterance enrolment table (real features)"
+    )
     args = ap.parse_args()
+    if args.enrolment:
+        import polars as pl
+
+        man = pl.read_parquet(args.real / "manifest.parquet")
+        spk, cor, gen = (man[c].to_numpy().astype(str) for c in ("speaker", "language", "gender"))
+        enrolment_table(np.load(args.real / "features.npy"), spk, cor, gen, args.seeds)
+        return
     sets: list[tuple[str, dict]] = []
     t0 = time.perf_counter()
     if (args.real / "features.npy").exists():
