@@ -9,8 +9,9 @@ All share one API (scikit-learn style, parameters in ``__init__``, learned state
 - ``score_trials(X, enroll_index, test_index, block_size=...)``: a trial list given as row indices into X,
   scored in blocks so millions of trials never need an n x n matrix.
 
-Multi-utterance enrolment: :func:`enrollment_vectors` averages the length-normalised vectors of each enrolment
-group; the result is scored like any single vector.
+Multi-utterance enrolment: :func:`enrollment_vectors` averages each enrolment group's vectors after the
+back-end's own fixed preprocessing; the result is scored like any single vector, or by PLDA with its count
+(``PLDA.score(..., n_enroll=counts)``). Why the defaults are what they are: ``docs/probes.md``.
 """
 
 from __future__ import annotations
@@ -35,17 +36,44 @@ __all__ = [
 ]
 
 
-def enrollment_vectors(X: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
-    """One enrolment vector per group: the mean of the group's length-normalised vectors.
+def enrollment_vectors(
+    X: np.ndarray, groups, backend=None, *, length_norm: bool | None = None, return_counts: bool = False
+):
+    """One enrolment vector per group: the mean of the group's vectors, preprocessed as ``backend`` does.
 
-    Returns ``(group_ids, vectors)`` with ``group_ids`` sorted.
+    The mean is taken after the back-end's own fixed preprocessing and nothing else: length-normalised
+    vectors for ``PLDA(length_norm=True)``, raw vectors for ``PLDA(length_norm=False)``, ``CosineBackend``
+    and ``LDACosine`` (which centre, project and normalise after averaging, as for any single vector).
+    ``SNorm``/``ASNorm`` use their wrapped back-end's setting. Without a back-end, say ``length_norm``.
+    Returns ``(group_ids, vectors)`` with ``group_ids`` sorted, plus the group sizes if ``return_counts``
+    (for n-aware PLDA scoring: ``PLDA.score(vectors, test, n_enroll=counts)``, which takes the vectors as
+    such means; without ``n_enroll`` a back-end scores them like any single vector, and
+    ``PLDA(length_norm=True)`` then length-normalises the mean again).
     """
-    X = length_normalise(X)
+    if backend is not None:
+        if length_norm is not None:
+            raise ValueError("pass either a back-end or length_norm, not both")
+        inner = backend
+        if isinstance(inner, SNorm):  # score normalisation wraps a back-end (cosine when none is given)
+            inner = inner.backend if inner.backend is not None else CosineBackend()
+        if not isinstance(inner, _Backend):
+            raise TypeError(f"not a verification back-end: {type(backend).__name__}")
+        length_norm = bool(inner._length_norm_input)
+    elif length_norm is None:
+        raise ValueError(
+            "enrollment_vectors needs the back-end (or length_norm=True/False): the vectors must be averaged "
+            "after the same preprocessing the back-end applies"
+        )
+    X = np.asarray(X, dtype=np.float64)
+    if length_norm:
+        X = length_normalise(X)
     groups = np.asarray(groups)
     if len(groups) != len(X):
         raise ValueError(f"{len(X)} vectors but {len(groups)} group labels")
     ids, inverse = np.unique(groups, return_inverse=True)
-    return ids, group_sums(X, inverse, len(ids)) / np.bincount(inverse)[:, None]
+    counts = np.bincount(inverse)
+    vectors = group_sums(X, inverse, len(ids)) / counts[:, None]
+    return (ids, vectors, counts) if return_counts else (ids, vectors)
 
 
 def _check_pairs(enroll: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,13 +151,13 @@ class _Backend(BaseEstimator):
             X, speakers, length_norm=self._length_norm_input, second_moments=self.needs_second_moments
         )
 
-    def _prepare(self, X: np.ndarray) -> np.ndarray:
+    def _prepare(self, X: np.ndarray, normalise: bool = True) -> np.ndarray:
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if not hasattr(self, "mean_"):
             raise ValueError(f"{type(self).__name__} is not fitted: call fit(X, speakers) or from_stats(...)")
         if X.shape[1] != len(self.mean_):
             raise ValueError(f"vectors have dim {X.shape[1]}, the back-end was fitted on {len(self.mean_)}")
-        return length_normalise(X) if self._length_norm_input else X
+        return length_normalise(X) if self._length_norm_input and normalise else X
 
     def score(self, enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
         enroll, test = _check_pairs(enroll, test)
@@ -258,18 +286,37 @@ class PLDA(_Backend):
 
     Pipeline: optional length normalisation of the raw vectors (``length_norm``, data-independent so
     statistics still compose), centring, optional PCA to ``n_components`` dims (from the total scatter),
-    then EM on the two covariances (float64, ``n_iter`` iterations, initialised from the within/between
-    scatter). Each covariance is shrunk towards a scaled identity by ``reg`` after every step, which keeps
-    768-/1024-dim inputs with few sessions per speaker from going singular. Scoring diagonalises W and B
-    together, so a trial costs O(dim).
+    then EM on the two covariances in float64.
+
+    - Start: closed-form moment estimates (:func:`plda_moment_init`), W0 = within scatter / (n - S) and
+      B0 = (between scatter - S W0) / n with its generalised eigenvalues (against W0) raised to at least a
+      tenth of the speaker means' spread; on balanced data (every speaker with the same count) with nothing
+      raised this is already the maximum-likelihood solution.
+    - EM (SQUAREM-accelerated, :func:`plda_em`) until one step moves (B, W) by less than ``tol`` relative,
+      at most ``max_iter`` EM steps (``n_iter_`` / ``converged_`` / ``loglik_`` say what happened).
+    - ``reg`` shrinks only the within-speaker covariance W towards a scaled identity, at the start and after
+      every step: W must be invertible (768-/1024-dim inputs with few sessions per speaker), B need not be,
+      and shrinking B would invent speaker variance where the training speakers have none (fewer speakers
+      than dimensions).
+
+    Scoring diagonalises W and B together, so a trial costs O(dim). ``score(enroll, test, n_enroll=...)``
+    scores the mean of n enrolment vectors with its count (:func:`enrollment_vectors` builds the means).
     """
 
+    # defaults chosen by EER on real and synthetic one-/mixed-corpus and few-speaker sets (docs/probes.md,
+    # benchmarks/bench_backends.py): raw vectors and reg 0.02 were never more than 2.4 points off the best
     def __init__(
-        self, n_components: int | None = None, length_norm: bool = True, n_iter: int = 10, reg: float = 1e-3
+        self,
+        n_components: int | None = None,
+        length_norm: bool = False,
+        max_iter: int = 300,
+        tol: float = 1e-5,
+        reg: float = 0.02,
     ):
         self.n_components = n_components
         self.length_norm = length_norm
-        self.n_iter = n_iter
+        self.max_iter = max_iter
+        self.tol = tol
         self.reg = reg
 
     @property
@@ -279,6 +326,8 @@ class PLDA(_Backend):
     def _fit_stats(self, stats: SpeakerStats) -> PLDA:
         if stats.n_speakers < 2:
             raise ValueError("PLDA needs at least 2 speakers in the training data")
+        if stats.n <= stats.n_speakers:
+            raise ValueError("PLDA needs some speaker with more than one vector (within-speaker variation)")
         with single_threaded_blas():
             return self._fit_em(stats)
 
@@ -292,44 +341,43 @@ class PLDA(_Backend):
         else:
             self.projection_ = np.eye(stats.dim)
         st = stats.transform(self.projection_, shift=self.mean_)
-        n, counts, f = st.n, st.counts.astype(np.float64), st.sums  # f: centred per-speaker sums
-        S = st.outer  # centred (total) outer-product sum
-        within = _shrink(st.within_scatter() / n, self.reg)
-        between = _shrink(st.between_scatter() / n, self.reg)
-        unique_counts, count_index = np.unique(counts, return_inverse=True)
-        for _ in range(self.n_iter):
-            # simultaneous diagonalisation: V^T W V = I, V^T B V = diag(psi)
-            psi, V = scipy.linalg.eigh(between, within, check_finite=False)
-            psi = np.clip(psi, 0.0, None)
-            g = f @ V  # speaker sums in the diagonal coordinates
-            post_cov = psi / (1 + np.outer(unique_counts, psi))  # [n distinct counts, k]
-            y_hat = post_cov[count_index] * g  # posterior means of the speaker variables
-            cov_sum = (post_cov * np.bincount(count_index)[:, None]).sum(0)
-            cov_sum_n = (post_cov * (np.bincount(count_index, weights=counts))[:, None]).sum(0)
-            between_d = (np.diag(cov_sum) + y_hat.T @ y_hat) / len(counts)
-            within_d = (
-                V.T @ S @ V
-                - g.T @ y_hat
-                - y_hat.T @ g
-                + np.diag(cov_sum_n)
-                + (y_hat * counts[:, None]).T @ y_hat
-            ) / n
-            back = within @ V  # = V^{-T}
-            between = _shrink(back @ between_d @ back.T, self.reg)
-            within = _shrink(back @ within_d @ back.T, self.reg)
-        psi, V = scipy.linalg.eigh(between, within, check_finite=False)
-        psi = np.clip(psi, 0.0, None)
+        between, within = plda_moment_init(st, self.reg)
+        between, within, self.n_iter_, self.converged_, self.loglik_ = plda_em(
+            st, between, within, reg=self.reg, max_iter=self.max_iter, tol=self.tol
+        )
+        psi, V = _diagonalise(between, within)
         self.between_ = between
         self.within_ = within
         self.transform_ = self.projection_.T @ V  # raw (centred) -> diagonal coordinates
         self.psi_ = psi
-        self.cross_ = psi / (2 * psi + 1)
-        self.self_ = psi**2 / (2 * (2 * psi + 1) * (psi + 1))
-        self.const_ = 0.5 * np.sum(np.log((1 + psi) ** 2 / (1 + 2 * psi)))
+        self.cross_, self.self_, self.const_ = _llr_coefficients(psi, 1)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         return (self._prepare(X) - self.mean_) @ self.transform_
+
+    def score(self, enroll: np.ndarray, test: np.ndarray, n_enroll=None) -> np.ndarray:
+        """Log-LRs of paired rows. ``n_enroll`` (int or one per row): each enrol row is the mean of that many
+        preprocessed vectors of one speaker (:func:`enrollment_vectors` with this back-end; with
+        ``length_norm`` the mean of the normalised vectors, not normalised again), scored with its count as
+        the model gives; None = single vectors."""
+        enroll, test = _check_pairs(enroll, test)
+        if n_enroll is None:
+            return self._pair_scores(self.transform(enroll), self.transform(test))
+        n = np.broadcast_to(np.asarray(n_enroll, dtype=np.float64), (len(enroll),))
+        if not (np.isfinite(n).all() and (n >= 1).all()):
+            raise ValueError("n_enroll must be counts >= 1")
+        # the enrolment rows are already means of preprocessed vectors: length-normalising them again would
+        # not be the model's mean of n vectors
+        E = (self._prepare(enroll, normalise=False) - self.mean_) @ self.transform_
+        T = self.transform(test)
+        out = np.empty(len(E))
+        counts, inverse = np.unique(n, return_inverse=True)
+        for c, count in enumerate(counts):
+            rows = inverse == c
+            cross, ee, tt, const = _llr_coefficients(self.psi_, count, separate=True)
+            out[rows] = (E[rows] * T[rows]) @ cross - (E[rows] ** 2) @ ee - (T[rows] ** 2) @ tt + const
+        return out
 
     def _pair_scores(self, A, B):
         return (A * B) @ self.cross_ - (A * A + B * B) @ self.self_ + self.const_
@@ -341,6 +389,145 @@ class PLDA(_Backend):
             - ((B * B) @ self.self_)[None, :]
             + (self.const_)
         )
+
+
+def _diagonalise(between: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """psi, V with V^T W V = I and V^T B V = diag(psi), psi >= 0 (B is positive semi-definite)."""
+    psi, V = scipy.linalg.eigh(between, within, check_finite=False)
+    return np.clip(psi, 0.0, None), V
+
+
+def _llr_coefficients(psi: np.ndarray, n: float, separate: bool = False):
+    """Per-dimension coefficients of the two-covariance log-LR in the diagonal coordinates (W = I,
+    B = diag psi) for an enrolment mean of n vectors e and a test vector t:
+
+        llr = sum_i cross_i e_i t_i - ee_i e_i^2 - tt_i t_i^2 + const.
+
+    Same speaker: (e, t) jointly normal with variances psi + 1/n, psi + 1 and covariance psi; different
+    speakers: independent. For n = 1 ee = tt (returned once unless ``separate``)."""
+    a, b, c = psi + 1.0 / n, psi + 1.0, psi
+    det = a * b - c * c
+    cross = c / det
+    ee = 0.5 * (b / det - 1.0 / a)
+    tt = 0.5 * (a / det - 1.0 / b)
+    const = -0.5 * np.sum(np.log(det / (a * b)))
+    if separate:
+        return cross, ee, tt, const
+    return cross, ee, const
+
+
+_INIT_FLOOR = 0.1
+
+
+def plda_moment_init(st: SpeakerStats, reg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form start for the two-covariance EM from centred statistics ``st``: (B0, W0).
+
+    W0 = within scatter / (n - S) (shrunk by ``reg``); B0 = between scatter / n - (S / n) W0, its
+    generalised eigenvalues against W0 raised to at least a tenth of the speaker means' spread (so never
+    negative). Balanced data: the maximum-likelihood (B, W) when nothing is raised (the speaker means have
+    covariance B + W / m)."""
+    n, n_spk = st.n, st.n_speakers
+    within = _shrink(st.within_scatter() / (n - n_spk), reg)
+    between = st.between_scatter() / n - (n_spk / n) * within
+    psi, V = scipy.linalg.eigh(0.5 * (between + between.T), within, check_finite=False)  # unclipped
+    # EM cannot grow B in a direction where it starts at zero: a clipped direction starts at a tenth of the
+    # speaker means' spread there (n_spk / n + psi), zero only where the speaker means do not differ at all
+    psi = np.maximum(psi, _INIT_FLOOR * np.maximum(psi + n_spk / n, 0.0))
+    psi[psi < 1e-12 * max(psi.max(), 1e-300)] = 0.0  # round-off of the speaker means' null space
+    back = within @ V  # = V^{-T}
+    return (back * psi) @ back.T, within
+
+
+def plda_loglik(st: SpeakerStats, between: np.ndarray, within: np.ndarray) -> float:
+    """Log-likelihood of centred statistics ``st`` under the two-covariance model (B, W), per row."""
+    psi, V = _diagonalise(between, within)
+    counts = st.counts.astype(np.float64)
+    g = st.sums @ V
+    _, logdet_w = np.linalg.slogdet(within)
+    quad = np.einsum("ij,ji->", V.T @ st.outer, V) - np.sum(g * g * (psi / (1 + np.outer(counts, psi))))
+    logdet = st.n * logdet_w + np.sum(np.log1p(np.outer(counts, psi)))
+    return -0.5 * (st.n * st.dim * np.log(2 * np.pi) + logdet + quad) / st.n
+
+
+def plda_em_step(st: SpeakerStats, between: np.ndarray, within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One EM step of the two-covariance model on centred statistics (no shrinkage)."""
+    n, counts, f, S = st.n, st.counts.astype(np.float64), st.sums, st.outer
+    psi, V = _diagonalise(between, within)
+    g = f @ V  # speaker sums in the diagonal coordinates
+    unique_counts, count_index = np.unique(counts, return_inverse=True)
+    post_cov = psi / (1 + np.outer(unique_counts, psi))  # [n distinct counts, k]
+    y_hat = post_cov[count_index] * g  # posterior means of the speaker variables
+    cov_sum = (post_cov * np.bincount(count_index)[:, None]).sum(0)
+    cov_sum_n = (post_cov * (np.bincount(count_index, weights=counts))[:, None]).sum(0)
+    between_d = (np.diag(cov_sum) + y_hat.T @ y_hat) / len(counts)
+    within_d = (
+        V.T @ S @ V - g.T @ y_hat - y_hat.T @ g + np.diag(cov_sum_n) + (y_hat * counts[:, None]).T @ y_hat
+    ) / n
+    back = within @ V  # = V^{-T}
+    new_b, new_w = back @ between_d @ back.T, back @ within_d @ back.T
+    return 0.5 * (new_b + new_b.T), 0.5 * (new_w + new_w.T)
+
+
+def _squarem_cycle(st: SpeakerStats, step, between: np.ndarray, within: np.ndarray):
+    """Two EM steps, an extrapolation along the squared path (alpha from scheme S3), one EM step from there;
+    the extrapolated model is kept only if it is valid and at least as likely as the two plain steps.
+    Returns (B, W, log-likelihood per row, EM steps taken, the first step's change (dB, dW))."""
+    b1, w1 = step(between, within)
+    b2, w2 = step(b1, w1)
+    rb, rw = b1 - between, w1 - within
+    best = (b2, w2, plda_loglik(st, b2, w2), 2, (rb, rw))
+    vb, vw = b2 - b1 - rb, w2 - w1 - rw
+    norm_v = np.sqrt(np.sum(vb * vb) + np.sum(vw * vw))
+    alpha = -np.sqrt(np.sum(rb * rb) + np.sum(rw * rw)) / norm_v if norm_v > 0 else -1.0
+    if alpha < -1.0:
+        try:
+            b3, w3 = step(between - 2 * alpha * rb + alpha**2 * vb, within - 2 * alpha * rw + alpha**2 * vw)
+            ll3 = plda_loglik(st, b3, w3)
+            if np.isfinite(ll3) and ll3 >= best[2]:
+                best = (b3, w3, ll3, 3, (rb, rw))
+        except (np.linalg.LinAlgError, ValueError):  # scipy's LinAlgError is numpy's
+            pass  # the extrapolated W was not positive definite: keep the plain steps
+    return best
+
+
+def plda_em(
+    st: SpeakerStats,
+    between: np.ndarray,
+    within: np.ndarray,
+    *,
+    reg: float,
+    max_iter: int,
+    tol: float,
+    accelerate: bool = True,
+) -> tuple[np.ndarray, np.ndarray, int, bool, float]:
+    """EM from (B, W) on centred statistics, W shrunk by ``reg`` after every step, until one EM step moves
+    (B, W) by less than ``tol`` relative to their size (Frobenius norms), or after ``max_iter`` EM steps.
+
+    The stop is on the step, not on the likelihood: with ``reg`` > 0 the iteration's fixed point is not a
+    maximum of the likelihood, which can fall slightly on the way. ``accelerate``: SQUAREM (Varadhan & Roland
+    2008, scheme S3) cycles of at most three EM steps (:func:`_squarem_cycle`), never less likely than the
+    two plain steps they contain; same fixed points as plain EM, reached in far fewer steps (on the shared
+    real features ~40 instead of 300-1000). Returns (B, W, EM steps, converged, log-likelihood per row).
+    """
+
+    def step(b: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        new_b, new_w = plda_em_step(st, b, w)
+        return new_b, _shrink(new_w, reg)
+
+    steps = 0
+    ll = None
+    while steps < max_iter:
+        size = np.sqrt(np.sum(between * between) + np.sum(within * within))
+        if accelerate and max_iter - steps >= 3:
+            between, within, ll, taken, (db, dw) = _squarem_cycle(st, step, between, within)
+        else:
+            new_b, new_w = step(between, within)
+            db, dw, taken = new_b - between, new_w - within, 1
+            between, within, ll = new_b, new_w, None
+        steps += taken
+        if np.sqrt(np.sum(db * db) + np.sum(dw * dw)) < tol * size:
+            return between, within, steps, True, plda_loglik(st, between, within) if ll is None else ll
+    return between, within, steps, False, plda_loglik(st, between, within)
 
 
 class SNorm(BaseEstimator):
