@@ -57,7 +57,6 @@ DURATIONS_HELP = (
 CHECK_FILES_HELP = "Fail if any audio file named by the manifest does not exist (lists the first ones)."
 
 
-
 def _split_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -137,7 +136,11 @@ def import_commonvoice_command(
         help="Comma-separated locales to import, e.g. ca,es,zh-HK. Default: all found.",
     ),
     splits: str = typer.Option(
-        "train,dev,test", "--splits", help="Which split TSVs to read (comma-separated)."
+        "train,dev,test",
+        "--splits",
+        help="Which TSVs to read (comma-separated): train, dev, test, validated. 'validated' adds the rows "
+        "of validated.tsv that are in none of the others, with an empty split (a locale shared as only "
+        "validated.tsv + clips/: --splits validated).",
     ),
     include_validated: bool = typer.Option(
         False,
