@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cltm.cli._errors import EXIT_FAILED, fail
+from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
 from cltm.cli._synth import synth_command
 
 ORDER = 10
@@ -76,7 +76,7 @@ def _run_import(
     from cltm.corpus.manifest import ManifestError, write_manifest
 
     if out.suffix.lower() not in (".parquet", ".pq", ".csv", ".tsv"):
-        raise typer.BadParameter("use a .parquet, .csv or .tsv file name", param_hint="'--out'")
+        raise fail(f"--out {out}: use a .parquet, .csv or .tsv file name", EXIT_USAGE)
     console = Console()
     try:
         df = run()
