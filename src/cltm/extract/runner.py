@@ -478,11 +478,14 @@ def extract(
 ) -> ExtractionSummary:
     """Extract pooled hidden states of every layer for every manifest row into the cache at ``out``.
 
-    Resumes when ``out`` already holds a cache of the same model/revision/config/manifest (done rows are
-    skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`) unless ``force``.
-    Unusable inputs go to the cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default
-    RANK/WORLD_SIZE from the environment) extracts only the chunks that shard owns. ``max_batches`` stops
-    early (tests, benchmarks). Returns an :class:`ExtractionSummary`.
+    Resumes when ``out`` already holds a cache of the same model/revision/config/manifest/dtype/frames layers
+    (done rows are skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`)
+    unless ``force``, which deletes only a provable cltm cache. The shard's writer lock is held throughout
+    (:class:`cltm.store.lock.CacheLockedError` if another live process holds it). Unusable inputs go to the
+    cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default RANK/WORLD_SIZE from the
+    environment) extracts only the chunks that shard owns. An empty manifest and ``max_seconds`` below
+    :data:`MIN_MAX_SECONDS` raise ValueError. ``max_batches`` stops early (tests, benchmarks). Returns an
+    :class:`ExtractionSummary`.
     """
     import cltm
     from cltm.corpus import manifest_hash
