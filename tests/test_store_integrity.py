@@ -405,7 +405,7 @@ def test_stale_journal_temp_files_from_a_kill_are_cleaned(tmp_path):
     assert not list(journal.iterdir())
 
 
-def test_kill_9_during_extraction_leaves_a_cache_that_verifies_after_resume(tmp_path):
+def test_a_second_run_is_refused_and_kill_9_leaves_a_cache_that_verifies_after_resume(tmp_path):
     manifest = _corpus(tmp_path, n=8)
     out = tmp_path / "c.zarr"
     script = tmp_path / "child.py"
@@ -416,7 +416,7 @@ def test_kill_9_during_extraction_leaves_a_cache_that_verifies_after_resume(tmp_
             import cltm.extract.runner as runner
             real = runner.pool_batch
             def slow(*a, **k):
-                time.sleep(0.4)
+                time.sleep(0.8)
                 return real(*a, **k)
             runner.pool_batch = slow
             runner.extract({str(manifest)!r}, "fbank", {str(out)!r}, num_workers=0, progress=False,
@@ -429,8 +429,12 @@ def test_kill_9_during_extraction_leaves_a_cache_that_verifies_after_resume(tmp_
     deadline = time.time() + 60
     while time.time() < deadline and not (out.exists() and read_checksums(out)):
         time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    try:  # the reproduction of two runs on one --out: the second one is refused, naming the first
+        with pytest.raises(CacheLockedError, match=f"pid {child.pid}"):
+            _fbank(manifest, out, chunk_rows=2)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
     assert 0 < Cache.open(out).done.sum() < 8
     report = verify_path(out)
     assert report.ok, report.problems  # a killed run leaves no false problem, at most warnings
