@@ -440,3 +440,52 @@ def test_a_second_run_is_refused_and_kill_9_leaves_a_cache_that_verifies_after_r
     assert report.ok, report.problems  # a killed run leaves no false problem, at most warnings
     _fbank(manifest, out, chunk_rows=2)
     assert Cache.open(out).done.all() and verify_path(out).ok
+
+
+def test_a_deleted_chunk_stops_a_probe_and_repair_then_resume_recovers(tmp_path):
+    """The reproduction of item 3: `cltm probe` on a cache with a deleted chunk reported F1 0.333, exit 0."""
+    from typer.testing import CliRunner
+
+    from cltm.cli import app
+
+    t = np.arange(8000) / SR
+    rng = np.random.default_rng(0)
+    rows = []
+    for gender, f0 in (("female", 220.0), ("male", 110.0)):
+        for s in range(4):
+            for u in range(3):
+                wave = 0.3 * np.sin(2 * np.pi * f0 * (1 + 0.05 * s) * t) + 0.05 * rng.standard_normal(t.size)
+                name = f"{gender}{s}_{u}"
+                sf.write(tmp_path / f"{name}.wav", wave.astype(np.float32), SR)
+                split = "test" if s == 3 else "train"
+                rows.append(
+                    {
+                        "utt_id": name,
+                        "path": f"{name}.wav",
+                        "language": "en",
+                        "speaker": f"{gender}{s}",
+                        "gender": gender,
+                        "split": split,
+                    }
+                )
+    pl.DataFrame(rows).write_parquet(tmp_path / "m.parquet")
+    cache = tmp_path / "c.zarr"
+    _fbank(tmp_path / "m.parquet", cache, chunk_rows=8)
+    probe = ["probe", "--cache", str(cache), "--task", "gender", "--out"]
+    ok = CliRunner().invoke(app, [*probe, str(tmp_path / "o1")])
+    assert ok.exit_code == 0, ok.output
+    before = Cache.open(cache).read_layer(0)
+    (cache / "pooled" / "mean" / "c" / "0" / "1" / "0").unlink()
+    lost = CliRunner().invoke(app, [*probe, str(tmp_path / "o2")], env={"COLUMNS": "2000"})
+    assert lost.exit_code != 0 and "Traceback" not in lost.output
+    assert "layer 0 (mean): chunk file(s) missing for done rows 8-15" in lost.output
+    assert not (tmp_path / "o2" / "probe.parquet").exists()
+    repair = CliRunner().invoke(app, ["store", "verify", str(cache), "--repair"])
+    assert repair.exit_code == 1 and "8 row(s) marked not done" in repair.output
+    assert _fbank(tmp_path / "m.parquet", cache, chunk_rows=8).n_done_now == 8
+    assert verify_path(cache).ok
+    again = CliRunner().invoke(app, [*probe, str(tmp_path / "o3")])
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(Cache.open(cache).read_layer(0), before)  # the lost rows, recomputed
+    first, last = (pl.read_parquet(tmp_path / d / "probe.parquet")["f1"] for d in ("o1", "o3"))
+    assert first.to_list() == last.to_list()
