@@ -221,6 +221,21 @@ ROWS: list[Hostile] = [
         "out of range",
     ),
     Hostile("extract-bad-pool", [*EXTRACT, "--out", "{root}/n.zarr", "--pool", "max"], "--pool: use mean"),
+    Hostile(
+        "extract-every-input-fails",
+        [*EXTRACT, "--out", "{root}/n.zarr", "--num-workers", "0"],
+        r"no row of the manifest could be extracted",
+        code=EXIT_FAILED,
+        setup=lambda r: [f.unlink() for f in (r / "corpus").glob("*.wav")],
+    ),
+    Hostile(
+        "extract-model-dir-without-weights",
+        [*EXTRACT, "--out", "{root}/n.zarr", "--model", "{root}/noweights"],
+        "no file named model.safetensors",
+        setup=lambda r: (
+            (r / "noweights").mkdir() or shutil.copy(r / "pickled" / "config.json", r / "noweights")
+        ),
+    ),
     # --- store
     Hostile("info-no-cache", ["store", "info", "{root}/nope.zarr"], "no such cache"),
     Hostile(

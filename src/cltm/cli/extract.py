@@ -1,16 +1,20 @@
 """`cltm extract`: pooled hidden states of every layer into a resumable Zarr cache.
 
-Exit codes (cltm.cli._errors): 0 done (failed inputs are recorded and reported); 1 the run failed, another
-writer holds the cache, or --strict with failed inputs; 2 a bad option, manifest, model or --out.
+Exit codes (cltm.cli._errors): 0 done (failed inputs are recorded and reported); 1 the run failed (the disk,
+or not one row could be extracted), another writer holds the cache, or --strict with failed inputs; 2 a bad
+option, manifest, model or --out.
 """
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import typer
 
 from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EDQUOT}
 
 ORDER = 20
 
@@ -149,10 +153,13 @@ def extract_command(
         raise fail(str(err), EXIT_FAILED) from None
     except (CacheError, ManifestError, ValueError) as err:
         raise fail(str(err), EXIT_USAGE) from None
-    except (OSError, RuntimeError) as err:  # disk full, read-only --out, a writer thread that died
-        raise fail(
-            f"{type(err).__name__}: {err}" if isinstance(err, OSError) else str(err), EXIT_FAILED
-        ) from None
+    except OSError as err:
+        # the disk (full, read-only, no permission) failed the run; anything else (a model directory without
+        # weights, an unknown hub id offline) is an input to fix
+        code = EXIT_FAILED if getattr(err, "errno", None) in _DISK_ERRNOS else EXIT_USAGE
+        raise fail(f"{type(err).__name__}: {err}", code) from None
+    except RuntimeError as err:  # a writer thread that died
+        raise fail(str(err), EXIT_FAILED) from None
     except ImportError as err:  # e.g. a model class this transformers does not have
         raise fail(f"cannot load the model {model}: {err}", EXIT_USAGE) from None
     except KeyboardInterrupt:
@@ -177,6 +184,8 @@ def extract_command(
             (f"  … and {more} more. " if more else "  ")
             + f"All failures: `cltm store info {summary.cache_path}` or Cache.open(...).failures."
         )
+        if summary.n_done_total == 0:
+            raise fail("no row of the manifest could be extracted; see the reasons above.", EXIT_FAILED)
         if strict:
             raise fail("--strict: failing because some inputs could not be extracted.", EXIT_FAILED)
 
