@@ -178,6 +178,8 @@ def verify_cache(cache: Cache) -> VerifyReport:
         done_rows = rows[done[rows]]
         if done_rows.size == 0:
             continue
+        if cache.chunk_file("seconds", chunk).is_file():  # optional: written only when seconds are given
+            check_file("seconds", (chunk,), done_rows, "decoded seconds")
         if check_file("n_frames", (chunk,), done_rows, "frame counts"):
             try:
                 nf = np.asarray(n_frames_arr[rows[0] : rows[-1] + 1])[done_rows - rows[0]]
