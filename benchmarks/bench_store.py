@@ -8,6 +8,7 @@
 2. Bytes on disk per hour of audio, measured on real caches with the base (13 x 768) and large (25 x 1024)
    shapes, pooled mean+std, float16, for 5-second utterances (720 per hour), plus what frame-level storage
    of one layer at 50 frames/s would cost.
+3. The share of ``read_layer`` spent checking that no chunk file of done rows is missing (printed in 1).
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ def bench_read(root: Path, rows: int, dim: int, repeats: int) -> None:
     print(f"  Cache.read_layer : {t_zarr * 1e3:8.1f} ms  ({mb / t_zarr:,.0f} MiB/s)")
     print(f"  .npy memmap      : {t_mm * 1e3:8.1f} ms  ({mb / t_mm:,.0f} MiB/s)")
     print(f"  ratio cache/memmap: {t_zarr / t_mm:.2f}x  (target <= 2x)")
+    # read_layer checks that every chunk holding done rows has its file (a missing one would read as zeros)
+    chunks = np.arange(cache.n_chunks)
+    t_check = _best(lambda: cache.missing_chunks(0, chunks), repeats)
+    print(
+        f"  of which the missing-chunk check ({cache.n_chunks} stat calls): {t_check * 1e3:.2f} ms "
+        f"({100 * t_check / t_zarr:.2f}% of read_layer)"
+    )
     # a probe-sized random subset (10% of rows)
     subset = np.sort(rng.choice(rows, rows // 10, replace=False))
     t_sub = _best(lambda: cache.read_layer(0, subset), repeats)

@@ -121,7 +121,7 @@ def test_empty_file_and_empty_segment(tmp_path):
         audio_duration(empty)
     short = tmp_path / "short.wav"
     sf.write(short, _sine(200.0, 16000, 1.0), 16000)
-    _expect_error(short, "empty", start=5.0, end=6.0)
+    _expect_error(short, "past the end of the file", start=5.0, end=6.0)  # a segment after the end
     _expect_error(short, "not after start", start=0.5, end=0.5)
     _expect_error(short, "negative", start=-1.0)
 

@@ -526,3 +526,42 @@ def test_optional_importers_say_what_to_install(tmp_path, function, package, ext
     else:
         with pytest.raises(CorpusImportError, match=rf"pip install 'cltm\[{extra}\]'"):
             function(tmp_path / "missing")
+
+
+def test_a_locale_shared_as_only_validated_tsv_imports_with_splits_validated(tmp_path):
+    """Issue 15 item 9: validated.tsv + clips/ only (a common way to share a subset)."""
+    build_common_voice(tmp_path, clips_per_file=1, extra_validated=1)
+    for split in ("train", "dev", "test"):
+        (tmp_path / "ca" / f"{split}.tsv").unlink()
+    # the default splits name the missing files and the fix
+    with pytest.raises(
+        CorpusImportError, match=r"train\.tsv.*ca: validated\.tsv is there.*--splits validated"
+    ):
+        import_commonvoice(tmp_path, locales=["ca"])
+    df = import_commonvoice(tmp_path, locales=["ca"], splits=["validated"])
+    reference = import_commonvoice(tmp_path, locales=["ca"], splits=(), include_validated=True)
+    assert as_rows(df) == as_rows(reference) and df.height == 4 and df["split"].null_count() == 4
+    # the same through the CLI
+    from typer.testing import CliRunner
+
+    from cltm.cli import app
+
+    out = tmp_path / "m.parquet"
+    result = CliRunner().invoke(
+        app,
+        [
+            "corpus",
+            "import",
+            "commonvoice",
+            str(tmp_path),
+            "--locales",
+            "ca",
+            "--splits",
+            "validated",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out).height == 4

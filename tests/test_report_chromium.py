@@ -1,7 +1,12 @@
-"""The report page opens in headless Chromium without console messages (skips where Chromium is absent)."""
+"""The report page opens in headless Chromium without console messages.
+
+Skips where Chromium is absent, except under ``CI=true``: there a missing browser fails the run (``.ci/run``
+installs Debian's ``chromium``), so CI never lands a report that no browser has opened.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,9 +18,18 @@ from cltm.report import build_report
 from report_fixtures import FAMILIES, synthetic_runs, write_engine_results, write_finetune_dir
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium on PATH (Debian: apt-get install chromium)"
-)
+ON_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_required() -> None:
+    if CHROMIUM is not None:
+        return
+    if ON_CI:
+        pytest.fail("CI=true but no Chromium on PATH: .ci/run installs it (Debian: apt-get install chromium)")
+    pytest.skip("no Chromium on PATH (Debian: apt-get install chromium)")
+
+
 CONSOLE = re.compile(r":CONSOLE[:(]")
 
 

@@ -205,4 +205,4 @@ def test_info_counts_rows_and_bytes(tmp_path):
     result = CliRunner().invoke(app, ["store", "info", str(tmp_path / "c.zarr")])
     assert result.exit_code == 0 and "bytes per audio hour" in result.output
     missing = CliRunner().invoke(app, ["store", "info", str(tmp_path / "nope")], env={"COLUMNS": "400"})
-    assert missing.exit_code != 0 and "not an embedding cache" in missing.output
+    assert missing.exit_code != 0 and "no such cache" in missing.output

@@ -3,12 +3,18 @@
 One entry point, :func:`load_audio`, used by extraction and by anyone who wants exactly the samples a model
 saw. Every way an input can be unusable (missing, unreadable, empty, NaN/inf) raises :class:`AudioError`, so
 callers catch one type and record ``err.reason`` in the cache's failure table instead of crashing a long run.
+
+A truncated file (its header promises more samples than the file holds; a copy cut short) is an error, not
+a shorter utterance: embeddings of 0.03 s of a 3.4 s clip would be silently wrong. So is a segment whose
+``end`` lies past the end of the file. Both allow a small slack (:data:`SLACK_SECONDS`, or 1 %) for
+decoders that count a few frames differently from the header.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +22,8 @@ import soundfile as sf
 import soxr
 
 __all__ = ["AudioError", "load_audio", "audio_duration", "trim_silence_energy"]
+
+SLACK_SECONDS = 0.05  # decoders may give a frame or so less than the header says (mp3 encoder padding)
 
 
 class AudioError(Exception):
@@ -43,6 +51,41 @@ def _open_info(path: Path) -> sf._SoundFileInfo:
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
+
+
+def wav_promised_frames(path: str | os.PathLike) -> int | None:
+    """Frames the RIFF/WAVE header's data chunk promises (libsndfile reports what the file holds instead).
+
+    None when the file is not a plain RIFF WAVE or the size is a streaming placeholder.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = None
+            for _ in range(64):  # a handful of chunks precede 'data' in real files
+                chunk = fh.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = fh.read(size + (size & 1))
+                    if len(fmt) >= 14:
+                        block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif cid == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    fh.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def _slack(frames: int, sr: int) -> int:
+    return max(int(SLACK_SECONDS * sr), int(0.01 * max(frames, 0)))
 
 
 def audio_duration(path: str | os.PathLike) -> float:
@@ -118,6 +161,11 @@ def load_audio(
             first = int(math.floor(start * sr)) if start is not None else 0
             last = int(math.ceil(end * sr)) if end is not None else -1
             n_wanted = (last - first) if last >= 0 else -1
+            promised = max(f.frames, wav_promised_frames(path) or 0)
+            if last > 0 and f.frames > 0 and last > f.frames + _slack(f.frames, sr):
+                raise AudioError(
+                    path, f"segment end {end} s is past the end of the file ({f.frames / sr:.3f} s)"
+                )
             if first > 0 and 0 < f.frames <= first:
                 wave = np.zeros((0, f.channels), dtype=np.float32)  # segment starts after the end
             elif first > 0 and f.seekable():
@@ -129,6 +177,13 @@ def load_audio(
                 wave = f.read(frames=n_wanted, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(path, f"unreadable audio ({exc})") from exc
+    expected = (min(last, promised) - first) if last >= 0 else promised - first
+    if wave.shape[0] and expected - wave.shape[0] > _slack(expected, sr):
+        raise AudioError(
+            path,
+            f"truncated file: the header promises {promised / sr:.3f} s, only "
+            f"{(first + wave.shape[0]) / sr:.3f} s decode (an incomplete copy?)",
+        )
     if wave.shape[0] == 0:
         where = "" if start is None and end is None else f" in segment [{start}, {end}] s"
         raise AudioError(path, f"empty audio (0 samples{where})")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
+
 
 def synth_command(
     out: Path = typer.Option(
@@ -45,8 +47,7 @@ def synth_command(
     if languages is not None:
         langs = [code.strip() for code in languages.split(",") if code.strip()]
         if not langs:
-            hint = "'--languages'"
-            raise typer.BadParameter("give at least one language code, e.g. en,de,es", param_hint=hint)
+            raise fail("--languages: give at least one language code, e.g. en,de,es", EXIT_USAGE)
     try:
         manifest_path = synthesize_corpus(
             out,
@@ -56,11 +57,12 @@ def synth_command(
             seed=seed,
             progress=not quiet,
         )
-    except ValueError as err:  # unknown language, bad sizes: the message says what is allowed
-        raise typer.BadParameter(str(err)) from err
+    except ValueError as err:  # unknown language, bad sizes, --out a file: the message says what is allowed
+        raise fail(str(err), EXIT_USAGE) from None
     except SynthError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(1) from err
+        raise fail(str(err), EXIT_FAILED) from None
+    except OSError as err:  # read-only or full disk
+        raise fail(f"cannot write the corpus to {out}: {err}", EXIT_FAILED) from None
 
     manifest = pl.read_parquet(manifest_path)
     by_split = dict(manifest.group_by("split").agg(pl.col("speaker").n_unique()).iter_rows())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cltm.cli._errors import EXIT_FAILED, fail
+from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
 from cltm.cli._synth import synth_command
 
 ORDER = 10
@@ -57,7 +57,6 @@ DURATIONS_HELP = (
 CHECK_FILES_HELP = "Fail if any audio file named by the manifest does not exist (lists the first ones)."
 
 
-
 def _split_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -77,7 +76,7 @@ def _run_import(
     from cltm.corpus.manifest import ManifestError, write_manifest
 
     if out.suffix.lower() not in (".parquet", ".pq", ".csv", ".tsv"):
-        raise typer.BadParameter("use a .parquet, .csv or .tsv file name", param_hint="'--out'")
+        raise fail(f"--out {out}: use a .parquet, .csv or .tsv file name", EXIT_USAGE)
     console = Console()
     try:
         df = run()
@@ -137,7 +136,11 @@ def import_commonvoice_command(
         help="Comma-separated locales to import, e.g. ca,es,zh-HK. Default: all found.",
     ),
     splits: str = typer.Option(
-        "train,dev,test", "--splits", help="Which split TSVs to read (comma-separated)."
+        "train,dev,test",
+        "--splits",
+        help="Which TSVs to read (comma-separated): train, dev, test, validated. 'validated' adds the rows "
+        "of validated.tsv that are in none of the others, with an empty split (a locale shared as only "
+        "validated.tsv + clips/: --splits validated).",
     ),
     include_validated: bool = typer.Option(
         False,

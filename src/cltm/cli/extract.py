@@ -1,10 +1,20 @@
-"""`cltm extract`: pooled hidden states of every layer into a resumable Zarr cache."""
+"""`cltm extract`: pooled hidden states of every layer into a resumable Zarr cache.
+
+Exit codes (cltm.cli._errors): 0 done (failed inputs are recorded and reported); 1 the run failed (the disk,
+or not one row could be extracted), another writer holds the cache, or --strict with failed inputs; 2 a bad
+option, manifest, model or --out.
+"""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import typer
+
+from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EDQUOT}
 
 ORDER = 20
 
@@ -15,9 +25,7 @@ def _csv_ints(text: str | None, option: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(
-            f"expected comma-separated layer numbers, e.g. 6,9; got {text!r}", param_hint=option
-        ) from None
+        raise fail(f"{option}: expected comma-separated layer numbers, e.g. 6,9; got {text!r}") from None
 
 
 def extract_command(
@@ -49,14 +57,17 @@ def extract_command(
         False, "--trim-silence", help="Cut leading/trailing silence before encoding."
     ),
     max_seconds: float = typer.Option(
-        60.0, "--max-seconds", help="Files longer than this are encoded in windows of this length."
+        60.0,
+        "--max-seconds",
+        help="Files longer than this are encoded in windows of this length (at least 0.5).",
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any input failed."),
     force: bool = typer.Option(
         False,
         "--force",
-        help="Rebuild a cache made from another model/revision/manifest (default: refuse); "
-        "on a matching cache, re-extract this shard's rows.",
+        help="Rebuild a cache made from another model/revision/manifest/dtype (default: refuse); "
+        "on a matching cache, re-extract this shard's rows. Deletes only a directory that is provably a "
+        "cltm cache, and never while another writer runs in it.",
     ),
     shard: str | None = typer.Option(
         None, "--shard", help="k/n: extract shard k (from 0) of n. Default: RANK/WORLD_SIZE env (torchrun)."
@@ -83,8 +94,9 @@ def extract_command(
     from rich.console import Console
 
     from cltm.corpus import ManifestError
-    from cltm.extract.runner import extract, parse_shard
+    from cltm.extract.runner import MIN_MAX_SECONDS, extract, parse_shard
     from cltm.store import CacheError
+    from cltm.store.lock import CacheLockedError
 
     try:  # the CLI has its own progress bar; transformers' weight-loading bars would interleave with it
         from transformers.utils import logging as hf_logging
@@ -95,21 +107,26 @@ def extract_command(
     console = Console(stderr=True)
     pools = [p.strip() for p in pool.split(",") if p.strip()]
     if not pools or any(p not in ("mean", "std") for p in pools):
-        raise typer.BadParameter(f"use mean, std or mean,std; got {pool!r}", param_hint="--pool")
+        raise fail(f"--pool: use mean, std or mean,std; got {pool!r}")
     if dtype not in ("float32", "float16", "bfloat16"):
-        raise typer.BadParameter(f"use float32, float16 or bfloat16; got {dtype!r}", param_hint="--dtype")
+        raise fail(f"--dtype: use float32, float16 or bfloat16; got {dtype!r}")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise typer.BadParameter(f"use auto, cpu or cuda; got {device!r}", param_hint="--device")
+        raise fail(f"--device: use auto, cpu or cuda; got {device!r}")
     if chunk_rows < 1:
-        raise typer.BadParameter("must be at least 1", param_hint="--chunk-rows")
-    if batch_seconds <= 0 or max_seconds <= 0:
-        raise typer.BadParameter("must be positive", param_hint="--batch-seconds/--max-seconds")
+        raise fail("--chunk-rows: must be at least 1")
+    if not batch_seconds > 0:
+        raise fail(f"--batch-seconds: must be positive; got {batch_seconds}")
+    if not max_seconds >= MIN_MAX_SECONDS:
+        raise fail(
+            f"--max-seconds {max_seconds}: must be at least {MIN_MAX_SECONDS} (shorter windows pool only "
+            "a few frames each; the default is 60)"
+        )
     try:
         shard_kn = parse_shard(shard)
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--shard") from None
-    if not manifest.exists():
-        raise typer.BadParameter(f"{manifest} does not exist", param_hint="--manifest")
+        raise fail(f"--shard: {err}") from None
+    if not manifest.is_file():
+        raise fail(f"--manifest: {manifest} does not exist" + (" (a directory)" if manifest.is_dir() else ""))
     layers = _csv_ints(frames_layers, "--frames-layers")
     try:
         summary = extract(
@@ -132,9 +149,19 @@ def extract_command(
             chunk_rows=chunk_rows,
             progress=not quiet,
         )
-    except (CacheError, ManifestError, ValueError, OSError, RuntimeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    except CacheLockedError as err:
+        raise fail(str(err), EXIT_FAILED) from None
+    except (CacheError, ManifestError, ValueError) as err:
+        raise fail(str(err), EXIT_USAGE) from None
+    except OSError as err:
+        # the disk (full, read-only, no permission) failed the run; anything else (a model directory without
+        # weights, an unknown hub id offline) is an input to fix
+        code = EXIT_FAILED if getattr(err, "errno", None) in _DISK_ERRNOS else EXIT_USAGE
+        raise fail(f"{type(err).__name__}: {err}", code) from None
+    except RuntimeError as err:  # a writer thread that died
+        raise fail(str(err), EXIT_FAILED) from None
+    except ImportError as err:  # e.g. a model class this transformers does not have
+        raise fail(f"cannot load the model {model}: {err}", EXIT_USAGE) from None
     except KeyboardInterrupt:
         console.print(
             f"[yellow]interrupted[/yellow]: finished rows were written to {out}; run the same command again "
@@ -157,9 +184,10 @@ def extract_command(
             (f"  … and {more} more. " if more else "  ")
             + f"All failures: `cltm store info {summary.cache_path}` or Cache.open(...).failures."
         )
+        if summary.n_done_total == 0:
+            raise fail("no row of the manifest could be extracted; see the reasons above.", EXIT_FAILED)
         if strict:
-            console.print("[red]--strict: failing because some inputs could not be extracted.[/red]")
-            raise typer.Exit(1)
+            raise fail("--strict: failing because some inputs could not be extracted.", EXIT_FAILED)
 
 
 def register(app: typer.Typer) -> None:

@@ -167,7 +167,9 @@ def import_commonvoice(
     Other columns (``sentence``, ``age``, ``accents``, votes, …) are kept as label columns; ``duration``
     comes from the locale's ``clip_durations.tsv`` when the release has one (v14 and later).
     ``include_validated`` adds the rows of ``validated.tsv`` that are in none of the split files, with a null
-    split (the sampling code can split them speaker-disjointly). ``locales=None`` imports every locale found.
+    split (the sampling code can split them speaker-disjointly); ``"validated"`` among ``splits`` means the
+    same, so ``splits=["validated"]`` imports a locale shared as only ``validated.tsv`` + ``clips/``.
+    ``locales=None`` imports every locale found.
     """
     root = Path(root)
     # a comma-separated string ("ca,es") is accepted too: iterating it character by character would be a trap
@@ -175,6 +177,9 @@ def import_commonvoice(
         locales = [loc.strip() for loc in locales.split(",") if loc.strip()]
     if isinstance(splits, str):
         splits = [s.strip() for s in splits.split(",") if s.strip()]
+    if "validated" in splits:  # a split source like the others; its rows get an empty split
+        splits = [s for s in splits if s != "validated"]
+        include_validated = True
     found = find_commonvoice_locales(root)
     if not found:
         raise CorpusImportError(
@@ -191,13 +196,11 @@ def import_commonvoice(
     else:
         chosen = found
     if not splits and not include_validated:
-        raise CorpusImportError(
-            "nothing to import: give at least one split (train, dev, test) or include_validated"
-        )
+        raise CorpusImportError("nothing to import: give at least one split (train, dev, test, validated)")
     bad_splits = [s for s in splits if s not in COMMONVOICE_SPLITS]
     if bad_splits:
         raise CorpusImportError(
-            f"unknown split(s) {', '.join(bad_splits)}; use {', '.join(COMMONVOICE_SPLITS)}"
+            f"unknown split(s) {', '.join(bad_splits)}; use {', '.join(_COMMONVOICE_TSVS)}"
         )
 
     wanted = [*splits, "validated"] if include_validated else list(splits)
@@ -208,7 +211,17 @@ def import_commonvoice(
         if not (d / f"{name}.tsv").is_file()
     ]
     if missing:
-        raise CorpusImportError("missing Common Voice TSV file(s): " + ", ".join(missing))
+        only_validated = [
+            loc for loc, d in chosen.items() if (d / "validated.tsv").is_file() and "validated" not in wanted
+        ]
+        fix = (
+            f"; {', '.join(only_validated)}: validated.tsv is there: import it with "
+            "--splits validated (its rows get an empty split, which the CLTM sampling splits "
+            "speaker-disjointly)"
+            if only_validated
+            else ""
+        )
+        raise CorpusImportError("missing Common Voice TSV file(s): " + ", ".join(missing) + fix)
 
     frames = []
     for locale, locale_dir in chosen.items():

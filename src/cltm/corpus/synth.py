@@ -331,6 +331,10 @@ def synthesize_corpus(
         )
 
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is a file, not a directory: choose another --out")
+    if (out_dir / "zarr.json").is_file():
+        raise ValueError(f"{out_dir} is an embedding cache: choose another --out for the corpus")
     n_test = max(2, int(round(speakers_per_gender / 4)))
     voices = {
         lang: [

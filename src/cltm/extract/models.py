@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,17 @@ def load_model(
     config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     if hasattr(config, "layerdrop"):
         config.layerdrop = 0.0  # layerdrop skips random blocks; extraction must see all of them
-    model = AutoModel.from_pretrained(
-        name, config=config, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
-    )
+    try:
+        model = AutoModel.from_pretrained(
+            name, config=config, revision=revision, trust_remote_code=trust_remote_code, use_safetensors=None
+        )
+    except pickle.UnpicklingError as err:  # torch's weights_only load refused objects that run code
+        detail = str(err).split("WeightsUnpickler error:")[-1].strip().split(". ")[0]
+        raise ValueError(
+            f"{name}: the pickled weights (pytorch_model.bin) hold objects other than tensors ({detail}); "
+            "cltm never runs pickled code. Convert the weights to safetensors where you trust the file "
+            "(model.save_pretrained(DIR, safe_serialization=True)) and load DIR."
+        ) from None
     model.eval()
     if not hasattr(model, "_get_feat_extract_output_lengths"):
         raise ValueError(

@@ -18,6 +18,13 @@ How a run goes:
    after), then deletes the journal files it has covered. A run that finds journal files (a killed run)
    writes them into the cache before it starts, so a SIGKILL loses at most the batch in flight, while the
    chunk files are still written once per window.
+6. The run holds its shard's writer lock (``CACHE/locks/<shard>.lock``, :mod:`cltm.store.lock`) from when
+   the cache is open until it returns: a second writer of the same shard, or a ``--force`` that would delete
+   the cache under it, is refused with the holder's pid and host. A killed run's lock does not block.
+
+Rows whose pooled mean is all zeros at some layer (silence through a model whose biases are zero) are
+recorded as failures, not stored: such a row cannot be told apart from lost data, and ``cltm store verify``
+would flag it, so extraction and verification tell the same story.
 """
 
 from __future__ import annotations
@@ -38,7 +45,12 @@ import polars as pl
 import torch
 
 from cltm.extract.models import LoadedModel, load_model, windows
+from cltm.fileio import atomic_write
 from cltm.store.cache import Cache, open_or_create
+from cltm.store.lock import shard_lock
+
+# shorter windows pool a handful of frames (--max-seconds 0.001 cut a file into one-frame windows)
+MIN_MAX_SECONDS = 0.5
 
 # failure stages: "decode" (cltm.audio could not give samples), "forward" (the model failed or gave NaN/inf)
 
@@ -373,13 +385,15 @@ def write_journal(directory: Path, seq: int, results: list, pooling: Sequence[st
         pieces = [r[4][layer] for r in results]
         arrays[f"frames_{layer}"] = np.concatenate(pieces)
         arrays[f"frame_lengths_{layer}"] = np.array([len(f) for f in pieces], dtype=np.int64)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{seq:09d}.npz"
-    tmp = directory / f".{seq:09d}.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
-    return path
+    # no parents=True: if the cache was deleted under us, fail instead of re-creating a journal-only directory
+    directory.parent.mkdir(exist_ok=True)
+    directory.mkdir(exist_ok=True)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file handle: np.savez would append .npz to a path
+            np.savez(fh, **arrays)
+
+    return atomic_write(directory / f"{seq:09d}.npz", save)
 
 
 def replay_journal(cache: Cache, directory: Path, tag: str) -> int:
@@ -408,8 +422,8 @@ def replay_journal(cache: Cache, directory: Path, tag: str) -> int:
             )
         n += len(rows)
         path.unlink()
-    for stray in directory.glob(".*.tmp"):  # a kill during a journal write: that batch was in flight
-        stray.unlink()
+    for stray in [*directory.glob(".*.tmp"), *directory.glob(".*.partial")]:  # a kill mid-write: in flight
+        stray.unlink(missing_ok=True)
     return n
 
 
@@ -464,11 +478,14 @@ def extract(
 ) -> ExtractionSummary:
     """Extract pooled hidden states of every layer for every manifest row into the cache at ``out``.
 
-    Resumes when ``out`` already holds a cache of the same model/revision/config/manifest (done rows are
-    skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`) unless ``force``.
-    Unusable inputs go to the cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default
-    RANK/WORLD_SIZE from the environment) extracts only the chunks that shard owns. ``max_batches`` stops
-    early (tests, benchmarks). Returns an :class:`ExtractionSummary`.
+    Resumes when ``out`` already holds a cache of the same model/revision/config/manifest/dtype/frames layers
+    (done rows are skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`)
+    unless ``force``, which deletes only a provable cltm cache. The shard's writer lock is held throughout
+    (:class:`cltm.store.lock.CacheLockedError` if another live process holds it). Unusable inputs go to the
+    cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default RANK/WORLD_SIZE from the
+    environment) extracts only the chunks that shard owns. An empty manifest and ``max_seconds`` below
+    :data:`MIN_MAX_SECONDS` raise ValueError. ``max_batches`` stops early (tests, benchmarks). Returns an
+    :class:`ExtractionSummary`.
     """
     import cltm
     from cltm.corpus import manifest_hash
@@ -476,8 +493,16 @@ def extract(
     t0 = time.perf_counter()
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not max_seconds >= MIN_MAX_SECONDS:
+        raise ValueError(
+            f"max_seconds {max_seconds} is below {MIN_MAX_SECONDS} s: windows that short pool only a few "
+            "frames each (the default is 60 s)"
+        )
     k, n = shard if isinstance(shard, tuple) else parse_shard(shard)
     table = _read_input_manifest(manifest)
+    if table.height == 0:
+        where = "the manifest" if isinstance(manifest, pl.DataFrame) else str(manifest)
+        raise ValueError(f"{where} has no rows: nothing to extract")
     mhash = manifest_hash(table)
     loaded = (
         model
@@ -501,6 +526,7 @@ def extract(
         "do_normalize": loaded.do_normalize,
         "attention_mask": loaded.return_attention_mask if use_attention_mask is None else use_attention_mask,
         "max_seconds": float(max_seconds),
+        "compute_dtype": dtype,
         "pooling_definition": "mean and population std over valid (unpadded) frames of the whole file",
         "tool": f"cltm {cltm.__version__}",
         "model_info": loaded.extra,
@@ -517,9 +543,62 @@ def extract(
         frames_layers=frames_layers,
         force=force,
     )
+    tag = f"shard-{k}-of-{n}"
+    lock = shard_lock(cache.path, tag).acquire()  # raises CacheLockedError naming the running writer
+    try:
+        return _extract_locked(
+            cache,
+            table,
+            loaded,
+            tag,
+            (k, n),
+            t0,
+            out=out,
+            force=force,
+            device=device,
+            dtype=dtype,
+            batch_seconds=batch_seconds,
+            num_workers=num_workers,
+            frames_layers=frames_layers,
+            trim_silence=trim_silence,
+            max_seconds=max_seconds,
+            window_chunks=window_chunks,
+            flush_seconds=flush_seconds,
+            use_attention_mask=use_attention_mask,
+            progress=progress,
+            max_batches=max_batches,
+        )
+    finally:
+        lock.release()
+
+
+def _extract_locked(
+    cache: Cache,
+    table: pl.DataFrame,
+    loaded: LoadedModel,
+    tag: str,
+    shard: tuple[int, int],
+    t0: float,
+    *,
+    out: str | Path,
+    force: bool,
+    device: str,
+    dtype: str,
+    batch_seconds: float,
+    num_workers: int | None,
+    frames_layers: Sequence[int],
+    trim_silence: bool,
+    max_seconds: float,
+    window_chunks: int,
+    flush_seconds: float,
+    use_attention_mask: bool | None,
+    progress: bool,
+    max_batches: int | None,
+) -> ExtractionSummary:
+    """The run itself, with the shard's writer lock held."""
+    k, n = shard
     n_rows = cache.n_rows
     owned = np.fromiter(iter_owned_rows(cache, (k, n)), dtype=np.int64)
-    tag = f"shard-{k}-of-{n}"
     journal = journal_dir(cache, tag)
     if force:  # a matching cache with --force: redo this shard's rows
         shutil.rmtree(journal, ignore_errors=True)
@@ -682,6 +761,15 @@ def _forward_items(
         row = items[i]["row"]
         if not (np.isfinite(mean).all() and np.isfinite(std).all()):
             fail(row, "forward", "non-finite hidden states (try --dtype float32)")
+            continue
+        zero = np.flatnonzero(~mean.astype(np.float16).any(axis=1))  # as stored: float16 underflow counts
+        if zero.size:
+            fail(
+                row,
+                "forward",
+                f"all-zero pooled mean at layer(s) {', '.join(map(str, zero[:8].tolist()))}: the model gives "
+                "no signal for this input (silence?); not stored, as it could not be told from lost data",
+            )
             continue
         frames = {layer: np.concatenate([p[4][layer] for p in parts]) for layer in frames_layers}
         stats = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}

@@ -9,15 +9,19 @@ from cltm.store.cache import (
     Cache,
     CacheError,
     CacheMismatchError,
+    cltm_owned,
     identity_differences,
     open_or_create,
 )
+from cltm.store.lock import CacheLockedError
 
 __all__ = [
     "FORMAT_VERSION",
     "Cache",
     "CacheError",
+    "CacheLockedError",
     "CacheMismatchError",
+    "cltm_owned",
     "identity_differences",
     "open_or_create",
 ]

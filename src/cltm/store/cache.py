@@ -12,13 +12,20 @@ Layout (DESIGN §3.2)::
       frames/layer_<k>/    optional frame-level features, append-only parts (see write_frames)
       manifest.parquet     the manifest rows in cache order (= the input manifest's row order)
       failures/*.parquet   utt_id, stage, error (one file per writer, so shards never share a file)
+      checksums/*.parquet  CRC32 of every chunk file written (see cltm.store.checksums), checked by verify
+      locks/<shard>.lock   the running writer of each shard (see cltm.store.lock)
 
 Durability: zarr's LocalStore (>= 3.1) writes every chunk to a temporary file and ``os.replace``s it, so a
 chunk file is always either the old or the new complete chunk, never torn; a SIGKILL can leave stray
 ``*.partial`` files, which readers ignore and ``verify`` reports. Rows are grouped in chunks of C rows and a
 chunk is written by exactly one writer (shards own disjoint chunk sets), so read-modify-write of a partly
 filled chunk never loses another writer's rows. The ``done`` flags of a set of rows are written only after
-their data (pooled stats, n_frames, frames) returned from the store.
+their data (pooled stats, n_frames, frames) returned from the store and the chunks' checksums were recorded.
+
+Every array is written with ``write_empty_chunks`` on, so a chunk file exists for every chunk holding a done
+row: a missing file means lost data (``read_layer`` raises, ``verify`` reports), never "all zeros".
+Deleting (``--force``) only ever removes a directory that is provably a cltm cache (only cltm's own entries,
+and cltm's layout or attrs), after taking every writer lock in it; anything else is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ import polars as pl
 import zarr
 
 from cltm.fileio import write_parquet_atomic
+from cltm.store.checksums import record_checksums
+from cltm.store.lock import lock_all
 
 FORMAT_VERSION = 1
 STATS = ("mean", "std")
@@ -54,7 +63,26 @@ IDENTITY_ATTRS = (
     "dim",
     "pooling",
     "dtype",
+    "compute_dtype",
+    "frames_layers",
 )
+# every top-level entry cltm itself puts in a cache directory; a directory holding anything else is not ours
+CACHE_ENTRIES = frozenset(
+    {
+        "zarr.json",
+        "pooled",
+        "n_frames",
+        "seconds",
+        "done",
+        "frames",
+        "manifest.parquet",
+        "failures",
+        "journal",
+        "locks",
+        "checksums",
+    }
+)
+_ARRAYS = ("n_frames", "seconds", "done")
 
 
 class CacheError(ValueError):
@@ -112,6 +140,11 @@ class Cache:
         bad = [p for p in pooling if p not in STATS]
         if bad or not pooling:
             raise CacheError(f"pooling must be a non-empty subset of {STATS}, got {list(pooling)}")
+        if path.is_dir() and not any(path.iterdir()):
+            try:  # an empty directory (`mkdir feats.zarr`) is taken as a new cache; rmdir refuses non-empty
+                path.rmdir()
+            except OSError:
+                pass
         if path.exists():
             raise FileExistsError(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +176,16 @@ class Cache:
                     fill_value=0,
                     compressors=None,  # embeddings barely compress; raw chunks read at memory speed
                 )
-            group.create_array("n_frames", shape=(n_rows,), chunks=(c,), dtype="int32", fill_value=0)
-            group.create_array("seconds", shape=(n_rows,), chunks=(c,), dtype="float32", fill_value=np.nan)
-            group.create_array("done", shape=(n_rows,), chunks=(c,), dtype="bool", fill_value=False)
+            # uncompressed too: verify checks chunk file sizes, and these are tiny anyway
+            group.create_array(
+                "n_frames", shape=(n_rows,), chunks=(c,), dtype="int32", fill_value=0, compressors=None
+            )
+            group.create_array(
+                "seconds", shape=(n_rows,), chunks=(c,), dtype="float32", fill_value=np.nan, compressors=None
+            )
+            group.create_array(
+                "done", shape=(n_rows,), chunks=(c,), dtype="bool", fill_value=False, compressors=None
+            )
             for layer in frames_layers:  # created here so that shards never write a shared group file
                 group.require_group(f"frames/layer_{int(layer)}")
             manifest.write_parquet(tmp / "manifest.parquet")
@@ -162,14 +202,31 @@ class Cache:
     def open(cls, path: str | Path, *, mode: str = "r") -> Cache:
         """Open an existing cache (``mode="r"`` read-only, ``"r+"`` to write rows)."""
         path = Path(path)
+        if not path.exists():
+            raise CacheError(f"{path}: no such cache; build one with `cltm extract --out {path}`")
         if not (path / "zarr.json").exists():
             raise CacheError(f"{path}: not an embedding cache (no zarr.json); build one with `cltm extract`")
-        group = zarr.open_group(path, mode=mode)
-        if group.attrs.get("format") != "cltm-embedding-cache":
+        try:
+            group = zarr.open_group(path, mode=mode)
+            attrs = dict(group.attrs)
+        except Exception as err:  # corrupt JSON, unreadable file: zarr raises many types
+            raise CacheError(
+                f"{path}: the cache's zarr.json cannot be read ({type(err).__name__}: {err}); the cache "
+                f"metadata is damaged: rebuild it with `cltm extract --force --out {path}`"
+            ) from None
+        if attrs.get("format") != "cltm-embedding-cache":
             raise CacheError(f"{path}: a Zarr group but not a cltm embedding cache (attrs.format missing)")
-        version = group.attrs.get("format_version")
+        version = attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise CacheError(f"{path}: cache format version {version}, this cltm reads {FORMAT_VERSION}")
+        needed = [f"pooled/{s}/zarr.json" for s in attrs.get("pooling", [])]
+        needed += [f"{a}/zarr.json" for a in _ARRAYS] + ["manifest.parquet"]
+        missing = [name for name in needed if not (path / name).is_file()]
+        if missing:
+            raise CacheError(
+                f"{path}: damaged cache, missing {', '.join(missing)}; rebuild it with "
+                f"`cltm extract --force --out {path}`"
+            )
         return cls(path, group)
 
     # -------------------------------------------------------------------------------------------- metadata
@@ -241,13 +298,48 @@ class Cache:
     def array(self, name: str) -> zarr.Array:
         return self._group[name]
 
+    def _writable(self, name: str) -> zarr.Array:
+        # write_empty_chunks is a runtime setting taken when the array is opened: a chunk of zeros (all-zero
+        # std of one-frame rows) must still get its file, or it would read as missing data
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            return self._group[name]
+
+    def chunk_file(self, array: str, *index: int) -> Path:
+        """The file holding chunk ``index`` of ``array`` (e.g. ``("pooled/mean", layer, chunk, 0)``)."""
+        return self.path.joinpath(*array.split("/"), "c", *map(str, index))
+
+    def missing_chunks(self, layer: int, chunks: np.ndarray, stat: str = "mean") -> list[int]:
+        """The chunks of ``chunks`` whose pooled file is absent although some of their rows are done."""
+        absent = [
+            int(c) for c in chunks if not os.path.exists(self.chunk_file(f"pooled/{stat}", layer, int(c), 0))
+        ]
+        if not absent:
+            return []
+        done = self._group["done"]
+        return [c for c in absent if np.asarray(done[c * self.chunk_rows : (c + 1) * self.chunk_rows]).any()]
+
+    def _check_chunks(self, layer: int, chunks: np.ndarray, stat: str) -> None:
+        lost = self.missing_chunks(layer, chunks, stat)
+        if lost:
+            spans = ", ".join(
+                f"{c * self.chunk_rows}-{min((c + 1) * self.chunk_rows, self.n_rows) - 1}" for c in lost[:5]
+            )
+            more = f" and {len(lost) - 5} more chunk(s)" if len(lost) > 5 else ""
+            raise CacheError(
+                f"{self.path}: layer {layer} ({stat}): chunk file(s) missing for done rows {spans}{more}; "
+                f"that data is lost, not zero. Run `cltm store verify --repair {self.path}`, then re-run "
+                "the same `cltm extract` to recompute those rows."
+            )
+
     # ---------------------------------------------------------------------------------------------- reading
     def read_layer(
         self, layer: int, rows: np.ndarray | Sequence[int] | None = None, stat: str = "mean"
     ) -> np.ndarray:
         """Pooled ``stat`` of one layer as float32 [rows, dim] (all rows, cache order, when rows is None).
 
-        Rows that are not done read as zeros; check :attr:`done`. The hot path of every probe sweep.
+        Rows that are not done read as zeros; check :attr:`done`. The hot path of every probe sweep. A chunk
+        file that is missing although it holds done rows (deleted, lost in a copy) raises :class:`CacheError`
+        instead of reading as zeros; the check is one ``stat`` per chunk read.
         """
         if stat not in self.pooling:
             raise CacheError(f"{self.path}: stat {stat!r} not in this cache (pooled: {self.pooling})")
@@ -256,11 +348,13 @@ class Cache:
         layer = layer % self.n_layers
         arr = self._group[f"pooled/{stat}"]
         if rows is None:
+            self._check_chunks(layer, np.arange(self.n_chunks), stat)
             return np.asarray(arr[layer], dtype=np.float32)
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.n_rows or idx.max() >= self.n_rows):
             raise IndexError(f"row index out of range for a cache with {self.n_rows} rows")
         idx = idx % max(self.n_rows, 1)
+        self._check_chunks(layer, np.unique(idx // self.chunk_rows), stat)
         if idx.size > self.n_rows // 4:
             # many rows: one sequential read of the layer then a gather beats per-chunk selection
             return np.asarray(arr[layer], dtype=np.float32)[idx]
@@ -308,21 +402,30 @@ class Cache:
             raise CacheError("write_rows got the same row twice")
         for stat in self.pooling:
             data = np.asarray(pooled[stat])[:, order]
-            arr = self._group[f"pooled/{stat}"]
+            arr = self._writable(f"pooled/{stat}")
             arr.set_orthogonal_selection((slice(None), rows_sorted, slice(None)), data.astype(arr.dtype))
-        self._group["n_frames"].set_orthogonal_selection((rows_sorted,), np.asarray(n_frames)[order])
+        self._writable("n_frames").set_orthogonal_selection((rows_sorted,), np.asarray(n_frames)[order])
         if seconds is not None:
-            self._group["seconds"].set_orthogonal_selection((rows_sorted,), np.asarray(seconds)[order])
+            self._writable("seconds").set_orthogonal_selection((rows_sorted,), np.asarray(seconds)[order])
         if frames:
             for layer, items in frames.items():
                 self._write_frames_part(layer, rows, items, writer)
+        chunks = np.unique(rows_sorted // self.chunk_rows)
+        keys = [f"{a}/c/{c}" for a in ("n_frames", "seconds") for c in chunks]
+        keys += [
+            f"pooled/{stat}/c/{layer}/{c}/0"
+            for stat in self.pooling
+            for layer in range(self.n_layers)
+            for c in chunks
+        ]
+        record_checksums(self.path, keys, writer)
         # only now, with every byte of the rows' data in the store, do the rows count as done
-        self._group["done"].set_orthogonal_selection((rows_sorted,), np.ones(rows_sorted.size, dtype=bool))
+        self._writable("done").set_orthogonal_selection((rows_sorted,), np.ones(rows_sorted.size, dtype=bool))
 
     def reset_rows(self, rows: np.ndarray) -> None:
         """Mark rows not done (used by --force on a compatible cache, and by tests)."""
         rows = np.sort(np.asarray(rows, dtype=np.int64))
-        self._group["done"].set_orthogonal_selection((rows,), np.zeros(rows.size, dtype=bool))
+        self._writable("done").set_orthogonal_selection((rows,), np.zeros(rows.size, dtype=bool))
 
     def write_failures(self, failures: pl.DataFrame, writer: str) -> None:
         """Replace this writer's failure table (atomically: temp file + rename)."""
@@ -394,6 +497,38 @@ def identity_differences(existing: dict[str, Any], wanted: dict[str, Any]) -> di
     return out
 
 
+def cltm_owned(path: str | Path) -> tuple[bool, str]:
+    """Is ``path`` provably a cltm cache (or the leftovers of one), so that ``--force`` may delete it?
+
+    Yes only when every top-level entry is one cltm itself makes (:data:`CACHE_ENTRIES`, temp files aside)
+    and either zarr.json declares a cltm cache, or the cache layout is there (manifest.parquet and done/), or
+    only cltm's bookkeeping is left (journal/, locks/, checksums/, failures/). Returns (owned, description).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False, "not a directory"
+    entries = sorted(p.name for p in path.iterdir())
+    foreign = [
+        n for n in entries if n not in CACHE_ENTRIES and not n.endswith(".partial") and not n.startswith(".")
+    ]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return False, f"it holds files cltm did not make ({shown})"
+    try:
+        declared = (
+            json.loads((path / "zarr.json").read_text())["attributes"]["format"] == "cltm-embedding-cache"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        declared = False
+    layout = (path / "manifest.parquet").is_file() and (path / "done").is_dir()
+    leftovers = bool(entries) and set(entries) <= {"journal", "locks", "checksums", "failures"}
+    if declared or layout:
+        return True, "a cltm cache"
+    if leftovers:
+        return True, f"only the leftovers of a deleted cltm cache ({', '.join(entries)})"
+    return False, "it is not a cltm cache"
+
+
 def open_or_create(
     path: str | Path,
     *,
@@ -409,14 +544,22 @@ def open_or_create(
 ) -> Cache:
     """Open the cache for writing if it matches this extraction, else create it (race-safe across shards).
 
-    A cache built from another model id, revision, config, manifest, pooling or dtype raises
-    :class:`CacheMismatchError` naming every difference, unless ``force`` (then it is deleted and rebuilt;
-    with several shards, force only from one process).
+    A cache built from another model id, revision, config, manifest, pooling, storage or compute dtype or
+    frames layers raises :class:`CacheMismatchError` naming every difference, unless ``force``: then it is
+    deleted and rebuilt, but only if it is provably a cltm cache (:func:`cltm_owned`) and no writer holds a
+    lock in it; anything else is refused (:class:`CacheError`). An empty directory is a new cache.
     """
     path = Path(path)
-    wanted = dict(attrs, n_layers=int(n_layers), dim=int(dim), pooling=list(pooling), dtype=dtype)
+    wanted = dict(
+        attrs,
+        n_layers=int(n_layers),
+        dim=int(dim),
+        pooling=list(pooling),
+        dtype=dtype,
+        frames_layers=[int(x) for x in frames_layers],
+    )
     for _ in range(3):
-        if not path.exists():
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             try:
                 return Cache.create(
                     path,
@@ -431,18 +574,37 @@ def open_or_create(
                 )
             except FileExistsError:
                 pass  # another shard created it first: open and check below
+        owned, what = cltm_owned(path)
+        if not path.is_dir():
+            raise CacheError(f"{path} exists and is not a directory; choose another --out")
         try:
             cache = Cache.open(path, mode="r+")
             diff = identity_differences(cache.attrs, wanted)
         except CacheError as err:
+            if not owned:
+                raise CacheError(
+                    f"{path} exists and is not a cltm cache: {what}. cltm never writes into or deletes such "
+                    "a directory (not even with --force): choose another --out."
+                ) from None
             if not force:
-                raise
+                raise CacheError(
+                    f"{err}"
+                    if (path / "zarr.json").exists()
+                    else f"{path} holds {what}; use --force to clear it, or choose another --out"
+                ) from None
             diff = {"cache": (str(err), "a valid cache")}
         if not diff:
             return cache
         if not force:
             raise CacheMismatchError(path, diff)
-        shutil.rmtree(path)
+        if not owned:  # a cltm cache with foreign files added: deleting it would take those too
+            raise CacheError(f"{path}: refusing --force: {what}. Move them out, or choose another --out.")
+        held = lock_all(path)  # refuses if another writer is running in it
+        try:
+            shutil.rmtree(path)
+        finally:
+            for lock in held:
+                lock.release()
         force = False  # rebuild once
     raise CacheError(f"{path}: could not create or open the cache")
 

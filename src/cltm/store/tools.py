@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cltm.store.cache import Cache
+from cltm.fileio import atomic_write
+from cltm.store.cache import Cache, CacheError
+from cltm.store.checksums import file_crc32, read_checksums
 
 
 # ------------------------------------------------------------------------------------------------------ info
@@ -62,26 +64,52 @@ class VerifyReport:
         return not self.problems
 
 
-def _chunk_file(cache: Cache, array: str, *chunk_index: int) -> Path:
-    return cache.path.joinpath(*array.split("/"), "c", *map(str, chunk_index))
-
-
 def _rows_text(rows: np.ndarray, ids: list[str], limit: int = 8) -> str:
     shown = ", ".join(f"{int(r)} ({ids[int(r)]})" for r in rows[:limit])
     return shown + (f" … and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def verify_cache(cache: Cache) -> VerifyReport:
-    """Check that every done row is present, finite and consistent with the manifest.
+def verify_path(path: str | Path) -> VerifyReport:
+    """Open and verify the cache at ``path``; never raises: every problem is listed."""
+    report = VerifyReport()
+    try:
+        cache = Cache.open(path)
+    except CacheError as err:
+        report.problems.append(str(err))
+        return report
+    try:
+        return verify_cache(cache)
+    except Exception as err:  # a damage verify does not know yet must still end in a message
+        report.problems.append(f"{path}: verify stopped at an unreadable part ({type(err).__name__}: {err})")
+        return report
 
-    Chunk files are checked on disk (Zarr silently reads a missing chunk as zeros, so a deleted file would
-    otherwise look like valid all-zero embeddings).
+
+def _expected_chunk_bytes(arr: Any) -> int | None:
+    """Size of one uncompressed chunk file (None for compressed arrays, whose size varies)."""
+    if getattr(arr, "compressors", ()) or getattr(arr, "filters", ()):
+        return None
+    return int(np.prod(arr.chunks)) * np.dtype(str(arr.dtype)).itemsize
+
+
+def verify_cache(cache: Cache) -> VerifyReport:
+    """Check that every done row is present, intact, finite and consistent with the manifest.
+
+    Chunk files are checked on disk: present (Zarr silently reads a missing chunk as zeros), of the right size
+    (a truncated copy), readable, and with the CRC32 recorded when they were written (a flipped byte, a
+    swapped or replaced file; caches written before checksums existed get a warning instead).
     """
     from cltm.corpus import manifest_hash
 
     report = VerifyReport()
     attrs = cache.attrs
-    stored = pl.read_parquet(cache.path / "manifest.parquet")
+    try:
+        stored = pl.read_parquet(cache.path / "manifest.parquet")
+    except Exception as err:
+        report.problems.append(f"manifest.parquet cannot be read ({type(err).__name__}: {err})")
+        return report
+    if "utt_id" not in stored.columns:
+        report.problems.append("manifest.parquet has no utt_id column")
+        return report
     ids = stored["utt_id"].cast(pl.Utf8).to_list()
     if stored.height != cache.n_rows:
         report.problems.append(f"manifest.parquet has {stored.height} rows, the arrays {cache.n_rows}")
@@ -90,32 +118,92 @@ def verify_cache(cache: Cache) -> VerifyReport:
         report.problems.append("manifest.parquet has duplicate utt_id values")
     if attrs.get("manifest_hash") and manifest_hash(stored) != attrs["manifest_hash"]:
         report.problems.append("manifest.parquet does not match the manifest hash recorded in the attrs")
-    done = cache.done
-    n_frames = cache.n_frames
+    try:
+        done = cache.done
+    except Exception as err:
+        report.problems.append(f"the done flags cannot be read ({type(err).__name__}: {err})")
+        return report
+    pending = sorted(cache.path.glob("journal/*/*.npz"))
+    try:
+        checksums = read_checksums(cache.path)
+    except Exception as err:
+        report.problems.append(f"a checksum table cannot be read ({type(err).__name__}: {err})")
+        checksums = {}
+    if checksums is None and done.any():
+        report.warnings.append(
+            "no chunk checksums recorded (a cache written by an older cltm): flipped bytes or swapped chunk "
+            "files cannot be detected; `cltm extract --force` rebuilds it with checksums"
+        )
     report.checked_rows = int(done.sum())
     c = cache.chunk_rows
+
+    def check_file(array: str, index: tuple[int, ...], done_rows: np.ndarray, what: str) -> bool:
+        """Present, right size, matching checksum; records the problem and returns False otherwise."""
+        path = cache.chunk_file(array, *index)
+        key = str(path.relative_to(cache.path)).replace("\\", "/")
+        if not path.is_file():
+            report.problems.append(f"chunk {key} missing: {what} of done rows {_rows_text(done_rows, ids)}")
+            report.bad_rows.update(done_rows.tolist())
+            return False
+        size = _expected_chunk_bytes(cache.array(array))
+        if size is not None and path.stat().st_size != size:
+            report.problems.append(
+                f"chunk {key} is {path.stat().st_size} bytes, expected {size} (truncated or replaced): "
+                f"{what} of done rows {_rows_text(done_rows, ids)}"
+            )
+            report.bad_rows.update(done_rows.tolist())
+            return False
+        if checksums:
+            recorded = checksums.get(key)
+            if recorded is not None and file_crc32(path) != recorded:
+                message = (
+                    f"chunk {key} does not match the checksum recorded when it was written (flipped "
+                    f"bytes, or a swapped or replaced file): {what} of done rows {_rows_text(done_rows, ids)}"
+                )
+                if (
+                    pending
+                ):  # a killed run may have written the chunk but not its checksum; resume rewrites both
+                    report.warnings.append(
+                        message + " (an interrupted run is pending: re-run `cltm extract`)"
+                    )
+                    return True
+                report.problems.append(message)
+                report.bad_rows.update(done_rows.tolist())
+                return False
+        return True
+
+    n_frames_arr = cache.array("n_frames")
     for chunk in range(cache.n_chunks):
         rows = np.arange(chunk * c, min((chunk + 1) * c, cache.n_rows))
         done_rows = rows[done[rows]]
         if done_rows.size == 0:
             continue
-        if not _chunk_file(cache, "n_frames", chunk).exists():
-            report.problems.append(f"chunk n_frames/c/{chunk} missing (rows {rows[0]}-{rows[-1]})")
-            report.bad_rows.update(done_rows.tolist())
-        elif (n_frames[done_rows] <= 0).any():
-            bad = done_rows[n_frames[done_rows] <= 0]
-            report.problems.append(f"done rows with no frames: {_rows_text(bad, ids)}")
-            report.bad_rows.update(bad.tolist())
+        if cache.chunk_file("seconds", chunk).is_file():  # optional: written only when seconds are given
+            check_file("seconds", (chunk,), done_rows, "decoded seconds")
+        if check_file("n_frames", (chunk,), done_rows, "frame counts"):
+            try:
+                nf = np.asarray(n_frames_arr[rows[0] : rows[-1] + 1])[done_rows - rows[0]]
+            except Exception as err:
+                report.problems.append(f"chunk n_frames/c/{chunk} unreadable ({type(err).__name__}: {err})")
+                report.bad_rows.update(done_rows.tolist())
+                nf = None
+            if nf is not None and (nf <= 0).any():
+                bad = done_rows[nf <= 0]
+                report.problems.append(f"done rows with no frames: {_rows_text(bad, ids)}")
+                report.bad_rows.update(bad.tolist())
         for stat in cache.pooling:
+            arr = cache.array(f"pooled/{stat}")
             for layer in range(cache.n_layers):
-                name = f"pooled/{stat}/c/{layer}/{chunk}/0"
-                if not _chunk_file(cache, f"pooled/{stat}", layer, chunk, 0).exists():
+                if not check_file(f"pooled/{stat}", (layer, chunk, 0), done_rows, f"layer {layer} ({stat})"):
+                    continue
+                try:
+                    block = np.asarray(arr[layer, done_rows[0] : done_rows[-1] + 1])
+                except Exception as err:
                     report.problems.append(
-                        f"chunk {name} missing: layer {layer} of done rows {_rows_text(done_rows, ids)}"
+                        f"chunk pooled/{stat}/c/{layer}/{chunk}/0 unreadable ({type(err).__name__}: {err})"
                     )
                     report.bad_rows.update(done_rows.tolist())
                     continue
-                block = np.asarray(cache.array(f"pooled/{stat}")[layer, done_rows[0] : done_rows[-1] + 1])
                 block = block[done_rows - done_rows[0]]
                 finite = np.isfinite(block).all(axis=1)
                 if not finite.all():
@@ -132,6 +220,7 @@ def verify_cache(cache: Cache) -> VerifyReport:
                     report.bad_rows.update(done_rows[negative].tolist())
                 zero = ~block.any(axis=1)
                 if stat == "mean" and zero.any():
+                    # extraction never stores an all-zero mean (it records a failure instead): this is damage
                     report.problems.append(
                         f"mean layer {layer}: all-zero vectors for done rows "
                         + _rows_text(done_rows[zero], ids)
@@ -140,14 +229,23 @@ def verify_cache(cache: Cache) -> VerifyReport:
     for layer in attrs.get("frames_layers", []):
         have = np.zeros(cache.n_rows, dtype=bool)
         for name in cache.frame_parts(layer):
-            have[np.asarray(cache.array(f"frames/layer_{layer}/{name}/rows")[:])] = True
+            try:
+                have[np.asarray(cache.array(f"frames/layer_{layer}/{name}/rows")[:])] = True
+            except Exception as err:
+                report.problems.append(
+                    f"frame-level part frames/layer_{layer}/{name} unreadable ({type(err).__name__}: {err})"
+                )
         lacking = np.flatnonzero(done & ~have)
         if lacking.size:
             report.problems.append(
                 f"frame-level layer {layer}: no frames for done rows " + _rows_text(lacking, ids)
             )
             report.bad_rows.update(lacking.tolist())
-    failures = cache.failures
+    try:
+        failures = cache.failures
+    except Exception as err:
+        report.problems.append(f"a failure table cannot be read ({type(err).__name__}: {err})")
+        failures = pl.DataFrame({"utt_id": []}, schema={"utt_id": pl.Utf8})
     unknown = set(failures["utt_id"].to_list()) - set(ids)
     if unknown:
         report.problems.append(f"failures name utt_ids not in the manifest: {sorted(unknown)[:8]}")
@@ -157,7 +255,6 @@ def verify_cache(cache: Cache) -> VerifyReport:
             f"{len(stray)} temporary file(s) left by an interrupted write (harmless, can be deleted): "
             + ", ".join(stray[:5])
         )
-    pending = sorted(cache.path.glob("journal/*/*.npz"))
     if pending:
         shards = sorted({p.parent.name for p in pending})
         report.warnings.append(
@@ -190,13 +287,36 @@ def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
     return add
 
 
-def export_cache(cache: Cache, out: str | Path, format: str = "h5") -> Path:
-    """Write the cache to ``out`` in a registered format (``h5``, ``npz``)."""
+def export_cache(cache: Cache, out: str | Path, format: str = "h5", *, force: bool = False) -> Path:
+    """Write the cache to ``out`` in a registered format (``h5``, ``npz``).
+
+    Refuses to replace an existing file unless ``force``, and never writes inside a cache.
+    """
     if format not in EXPORTERS:
         raise ValueError(f"unknown export format {format!r}; available: {', '.join(sorted(EXPORTERS))}")
     out = Path(out)
+    check_export_target(cache, out, force=force)
+    if cache.n_rows == 0:
+        raise CacheError(
+            f"{cache.path}: the cache has no rows (built from an empty manifest): nothing to export"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return EXPORTERS[format](cache, out)
+    # written to a temporary name and renamed: a failed export never leaves half a file at --out
+    final = out if format != "npz" or out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    atomic_write(final, lambda tmp: EXPORTERS[format](cache, tmp))
+    return final
+
+
+def check_export_target(cache: Cache, out: Path, *, force: bool = False) -> None:
+    """Refuse an export path inside any cltm cache, a directory, or an existing file without ``force``."""
+    resolved = out.resolve()
+    for parent in [resolved.parent, *resolved.parent.parents]:
+        if (parent / "zarr.json").is_file() and (parent / "manifest.parquet").is_file():
+            raise CacheError(f"{out} is inside the cache {parent}: export to a path outside any cache")
+    if out.is_dir():
+        raise CacheError(f"{out} is a directory; give a file name for the export")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; use --force to replace it, or choose another --out")
 
 
 def _attrs_json(cache: Cache) -> str:
@@ -246,12 +366,13 @@ def _write_table(group: Any, table: pl.DataFrame) -> None:
 def export_npz(cache: Cache, out: Path) -> Path:
     """NumPy .npz: <stat> [n_layers, n_rows, dim] float32, done, n_frames, utt_id, attrs_json."""
     arrays = {stat: cache.to_numpy(stat) for stat in cache.pooling}
-    np.savez(
-        out,
-        **arrays,
-        done=cache.done,
-        n_frames=cache.n_frames,
-        utt_id=np.array(cache.manifest["utt_id"].cast(pl.Utf8).to_list()),
-        attrs_json=np.array(_attrs_json(cache)),
-    )
-    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    with open(out, "wb") as fh:  # a file handle: savez would append .npz to a temporary name
+        np.savez(
+            fh,
+            **arrays,
+            done=cache.done,
+            n_frames=cache.n_frames,
+            utt_id=np.array(cache.manifest["utt_id"].cast(pl.Utf8).to_list()),
+            attrs_json=np.array(_attrs_json(cache)),
+        )
+    return out
