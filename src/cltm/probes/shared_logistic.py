@@ -65,13 +65,46 @@ def _bucket(q: int) -> int:
     return -(-q // step) * step
 
 
+class _Group:
+    """Atoms of one shape, stacked: rows [A, r, d], centres [A, d], local problem ids [A, q] (padding: the
+    dummy problem ``nb``), and the sparse sums that add the [A, q] pieces up per problem."""
+
+    def __init__(self, members: list[tuple[_Atom, np.ndarray]], q: int, nb: int):
+        from scipy.sparse import csr_matrix
+
+        A = len(members)
+        self.cols = np.full((A, q), nb)
+        for k, (_, c) in enumerate(members):
+            self.cols[k, : len(c)] = c
+        self.X = np.stack([a.rows for a, _ in members])
+        self.centre = np.stack([a.centre for a, _ in members])
+        self.target = np.stack([a.target for a, _ in members])[:, :, None]  # [A, r, 1]
+        flat = self.cols.ravel()
+        # sums of [A, q] pieces per problem as sparse products: pieces -> rows of (nb + 1)
+        self.order = np.argsort(flat, kind="stable")
+        self.indptr = np.r_[0, np.cumsum(np.bincount(flat, minlength=nb + 1))]
+        self.atom_of_piece = np.repeat(np.arange(A), q)[self.order]
+        self.shape_nb = (nb + 1, A)
+        self.scatter = csr_matrix(
+            (np.ones(len(flat), self.X.dtype), self.order, self.indptr), shape=(nb + 1, len(flat))
+        )
+
+    def per_problem_of_pieces(self, pieces: np.ndarray, of: np.ndarray) -> np.ndarray:
+        """Per problem, the sum over atoms of pieces[a, q] * of[a]: [A, q], [A, ...] -> [nb + 1, ...]."""
+        from scipy.sparse import csr_matrix
+
+        weights = csr_matrix(
+            (pieces.ravel()[self.order], self.atom_of_piece, self.indptr), shape=self.shape_nb
+        )
+        return weights @ of
+
+
 class _Blocks:
     """The (row, problem) pairs of the problems being solved, for batched products with the data.
 
-    Atoms with the same row count and (padded) number of working problems are stacked: group g holds rows
-    [A, r, d], centres [A, d] and the local ids of their problems [A, q] (padding points at a dummy problem
-    ``nb`` with zero coefficients and zero weight). Per-pair values (margins, residuals) live in one flat
-    float64 vector, group g at ``spans[g]`` in [A, r, q] order. Rebuilt when problems finish.
+    Atoms with the same row count and (padded) number of working problems are stacked into a ``_Group``.
+    Per-pair values (margins, residuals) live in one flat float64 vector, group g at ``spans[g]`` in
+    [A, r, q] order. Rebuilt when problems finish.
     """
 
     def __init__(self, atoms: list[_Atom], ids: np.ndarray, n_all: int, w_pos, w_neg, C: float):
@@ -88,28 +121,23 @@ class _Blocks:
         targets, weights, owners, offset = [], [], [], 0
         wp, wn = np.r_[C * w_pos[ids], 0.0], np.r_[C * w_neg[ids], 0.0]
         for (r, q), members in shapes.items():
-            cols = np.full((len(members), q), nb)
-            for k, (_, c) in enumerate(members):
-                cols[k, : len(c)] = c
-            X = np.stack([a.rows for a, _ in members])
-            centre = np.stack([a.centre for a, _ in members])
-            t = np.stack([a.target for a, _ in members])[:, :, None]  # [A, r, 1]
-            self.groups.append((X, centre, cols))
-            size = X.shape[0] * r * q
-            self.spans.append(slice(offset, offset + size))
-            offset += size
-            targets.append(np.broadcast_to(t, (len(members), r, q)).ravel())
-            owners.append(np.broadcast_to(cols[:, None, :], (len(members), r, q)).ravel())
-            weights.append(np.where(t > 0, wp[cols][:, None, :], wn[cols][:, None, :]).ravel())
+            g = _Group(members, q, nb)
+            self.groups.append(g)
+            A = len(members)
+            self.spans.append(slice(offset, offset + A * r * q))
+            offset += A * r * q
+            targets.append(np.broadcast_to(g.target, (A, r, q)).ravel())
+            owners.append(np.broadcast_to(g.cols[:, None, :], (A, r, q)).ravel())
+            weights.append(np.where(g.target > 0, wp[g.cols][:, None, :], wn[g.cols][:, None, :]).ravel())
         self.target = np.concatenate(targets)
         self.sign = 2 * self.target - 1
         self.weight = np.concatenate(weights)
         self.problem_of = np.concatenate(owners)  # local problem id of every pair (nb: padding)
-        self.dtype = self.groups[0][0].dtype
+        self.dtype = self.groups[0].X.dtype
 
     def _values(self, flat: np.ndarray):
-        for (X, centre, cols), span in zip(self.groups, self.spans, strict=True):
-            yield flat[span].reshape(X.shape[0], X.shape[1], cols.shape[1]), X, centre, cols
+        for g, span in zip(self.groups, self.spans, strict=True):
+            yield flat[span].reshape(g.X.shape[0], g.X.shape[1], g.cols.shape[1]), g
 
     def per_pair(self, x: np.ndarray) -> np.ndarray:
         """A value per working problem, spread over its pairs (0 on padding)."""
@@ -117,8 +145,8 @@ class _Blocks:
 
     def per_problem(self, flat: np.ndarray) -> np.ndarray:
         out = np.zeros(self.nb + 1)
-        for values, _, _, cols in self._values(flat):
-            out += np.bincount(cols.ravel(), weights=values.sum(1).ravel(), minlength=self.nb + 1)
+        for values, g in self._values(flat):
+            out += np.bincount(g.cols.ravel(), weights=values.sum(1).ravel(), minlength=self.nb + 1)
         return out[: self.nb]
 
     def products(self, u: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -127,36 +155,30 @@ class _Blocks:
         c = np.r_[c, 0.0]
         u_low = u.astype(self.dtype)
         parts = []
-        for X, centre, cols in self.groups:
-            shift = np.einsum("ad,aqd->aq", centre, u[cols]) + c[cols]
-            parts.append((np.matmul(X, u_low[cols].transpose(0, 2, 1)) + shift[:, None, :]).ravel())
+        for g in self.groups:
+            shift = np.take_along_axis(g.centre @ u.T, g.cols, axis=1) + c[g.cols]
+            parts.append((np.matmul(g.X, u_low[g.cols].transpose(0, 2, 1)) + shift[:, None, :]).ravel())
         return np.concatenate(parts)
 
     def centred_sumsq(self, u: np.ndarray) -> np.ndarray:
         """Per problem, the sum over its rows of ((x - atom centre) . u_p)^2."""
         u_low = np.vstack([u, np.zeros(u.shape[1])]).astype(self.dtype)
         out = np.zeros(self.nb + 1)
-        for X, _, cols in self.groups:
-            sq = np.square(np.matmul(X, u_low[cols].transpose(0, 2, 1)), dtype=np.float64)
-            out += np.bincount(cols.ravel(), weights=sq.sum(1).ravel(), minlength=self.nb + 1)
+        for g in self.groups:
+            sq = np.square(np.matmul(g.X, u_low[g.cols].transpose(0, 2, 1)), dtype=np.float64)
+            out += np.bincount(g.cols.ravel(), weights=sq.sum(1).ravel(), minlength=self.nb + 1)
         return out[: self.nb]
 
     def transposed_products(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per problem, the sums over its rows of residual * x -> [nb, d] and of residual -> [nb]."""
-        d = self.groups[0][0].shape[2]
-        gx = np.zeros((self.nb + 1, d))
+        gx = np.zeros((self.nb + 1, self.groups[0].X.shape[2]))
         rsum = np.zeros(self.nb + 1)
-        for values, X, centre, cols in self._values(residual):
+        for values, g in self._values(residual):
             r_sum = values.sum(1)  # [A, q]
-            g = np.matmul(values.astype(self.dtype).transpose(0, 2, 1), X)  # [A, q, d]
-            g = g + r_sum[:, :, None] * centre[:, None, :]
-            flat = cols.ravel()
-            # atoms sharing a problem add up: sort by problem once, reduce contiguous runs
-            order = np.argsort(flat, kind="stable")
-            ordered = flat[order]
-            starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-            gx[ordered[starts]] += np.add.reduceat(g.reshape(-1, d)[order], starts, axis=0)
-            rsum += np.bincount(flat, weights=r_sum.ravel(), minlength=self.nb + 1)
+            pieces = np.matmul(values.astype(self.dtype).transpose(0, 2, 1), g.X)  # [A, q, d]
+            gx += g.scatter @ pieces.reshape(-1, pieces.shape[2])
+            gx += g.per_problem_of_pieces(r_sum, g.centre)
+            rsum += np.bincount(g.cols.ravel(), weights=r_sum.ravel(), minlength=self.nb + 1)
         return gx[: self.nb], rsum[: self.nb]
 
     def loss(self, margins: np.ndarray) -> np.ndarray:
@@ -223,6 +245,14 @@ class _Preconditioner:
     def subset(self, keep: np.ndarray) -> _Preconditioner:
         return _Preconditioner(self.directions[keep], self.shrink[keep])
 
+    def quadratic(self, x: np.ndarray) -> np.ndarray:
+        """x . P^-1 x per problem."""
+        out = _rowdot(x, x)
+        if self.shrink.shape[1]:
+            proj = np.einsum("brd,bd->br", self.directions, x[:, : self.directions.shape[2]])
+            out -= np.sum(self.shrink * proj**2, axis=1)
+        return out
+
     def apply(self, q: np.ndarray) -> np.ndarray:
         if not self.shrink.shape[1]:
             return q
@@ -273,9 +303,11 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
 
     def objective_and_gradient(vw: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gx, rsum = blocks.transposed_products(blocks.residual(margins))
-        g_w = vw[:, :d] + (gx - mean * rsum[:, None]) / scale
+        gx -= mean * rsum[:, None]
+        gx /= scale
+        gx += vw[:, :d]
         f = blocks.loss(margins) + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
-        return f, np.concatenate([g_w, rsum[:, None]], axis=1)
+        return f, np.concatenate([gx, rsum[:, None]], axis=1)
 
     # the working set: problems still being solved, with their solver state (L-BFGS history included)
     v = v_all[ids]
@@ -303,21 +335,24 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
                 done = np.zeros(len(ids), dtype=bool)
         active = ~done
         # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1
+        # (in place on one buffer: temporaries the size of the whole state cost as much as the arithmetic)
         q = g.copy()
+        buf = np.empty_like(q)
         alphas = []
         for s_k, y_k, r_k in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
             a_k = r_k * _rowdot(s_k, q)
-            q -= a_k[:, None] * y_k
+            q -= np.multiply(y_k, a_k[:, None], out=buf)
             alphas.append(a_k)
         if S:
-            sy, yPy = _rowdot(S[-1], Y[-1]), _rowdot(Y[-1], pre.apply(Y[-1]))
+            sy, yPy = _rowdot(S[-1], Y[-1]), pre.quadratic(Y[-1])
             gamma = np.where(yPy > 0, sy / np.where(yPy > 0, yPy, 1.0), 1.0)
         else:
-            gamma = 1.0 / np.sqrt(np.maximum(_rowdot(g, pre.apply(g)), 1e-300))
-        q = pre.apply(q) * gamma[:, None]
+            gamma = 1.0 / np.sqrt(np.maximum(pre.quadratic(g), 1e-300))
+        q = pre.apply(q)
+        q *= gamma[:, None]
         for s_k, y_k, r_k, a_k in zip(S, Y, rho, reversed(alphas), strict=True):
-            q += (a_k - r_k * _rowdot(y_k, q))[:, None] * s_k
-        direction = -q
+            q += np.multiply(s_k, (a_k - r_k * _rowdot(y_k, q))[:, None], out=buf)
+        direction = np.negative(q, out=q)
         slope = _rowdot(g, direction)
         stale = active & (slope >= 0)  # not a descent direction: restart this problem from the gradient
         if stale.any():
@@ -347,8 +382,8 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
         stuck = ~accepted
         step[stuck] = 0.0  # no decrease measurable: the problem is at its optimum as far as we can resolve
         s_new = step[:, None] * direction
-        v = v + s_new
-        M = M + blocks.per_pair(step) * dM
+        v += s_new
+        M += blocks.per_pair(step) * dM
         f_new, g_new = objective_and_gradient(v, M)
         g_new[done] = g[done]
         f = np.where(done, f, f_new)
@@ -375,7 +410,7 @@ def fit_logistic_shared(
     class_weight: str | None = "balanced",
     max_iter: int = 1000,
     tol: float = 1e-4,
-    history: int = 5,
+    history: int = 3,
     dtype: type = np.float32,
     precondition: bool = True,
 ) -> BatchedLogisticFit:
