@@ -83,20 +83,17 @@ class _Group:
         # sums of [A, q] pieces per problem as sparse products: pieces -> rows of (nb + 1)
         self.order = np.argsort(flat, kind="stable")
         self.indptr = np.r_[0, np.cumsum(np.bincount(flat, minlength=nb + 1))]
-        self.atom_of_piece = np.repeat(np.arange(A), q)[self.order]
-        self.shape_nb = (nb + 1, A)
         self.scatter = csr_matrix(
             (np.ones(len(flat), self.X.dtype), self.order, self.indptr), shape=(nb + 1, len(flat))
         )
+        # same structure, atoms as columns; its values are overwritten on each use (no rebuild)
+        atom_of_piece = np.repeat(np.arange(A), q)[self.order]
+        self._weights = csr_matrix((np.zeros(len(flat)), atom_of_piece, self.indptr), shape=(nb + 1, A))
 
     def per_problem_of_pieces(self, pieces: np.ndarray, of: np.ndarray) -> np.ndarray:
         """Per problem, the sum over atoms of pieces[a, q] * of[a]: [A, q], [A, ...] -> [nb + 1, ...]."""
-        from scipy.sparse import csr_matrix
-
-        weights = csr_matrix(
-            (pieces.ravel()[self.order], self.atom_of_piece, self.indptr), shape=self.shape_nb
-        )
-        return weights @ of
+        self._weights.data[:] = pieces.ravel()[self.order]
+        return self._weights @ of
 
 
 class _Blocks:
@@ -112,18 +109,29 @@ class _Blocks:
         local_of = np.full(n_all, -1)
         local_of[ids] = np.arange(nb)
         shapes: dict[tuple[int, int], list[tuple[_Atom, np.ndarray]]] = {}
-        for atom in atoms:
+        which: dict[tuple[int, int], list[int]] = {}
+        for k, atom in enumerate(atoms):
             cols = local_of[atom.members]
             cols = cols[cols >= 0]
             if len(cols):
-                shapes.setdefault((len(atom.rows), _bucket(len(cols))), []).append((atom, cols))
-        self.nb, self.groups, self.spans = nb, [], []
+                shape = (len(atom.rows), _bucket(len(cols)))
+                shapes.setdefault(shape, []).append((atom, cols))
+                which.setdefault(shape, []).append(k)
+        self.ids, self.local_of = ids, np.r_[local_of, -1]
+        # flat position of (atom k, its first row, local problem p); -1 where absent. ``carry`` reads it.
+        self.first_pos = np.full((len(atoms), nb + 1), -1)
+        self.row_stride = np.zeros(len(atoms), dtype=np.int64)
+        self.nb, self.groups, self.spans, self.atom_ids = nb, [], [], []
         targets, weights, owners, offset = [], [], [], 0
         wp, wn = np.r_[C * w_pos[ids], 0.0], np.r_[C * w_neg[ids], 0.0]
         for (r, q), members in shapes.items():
             g = _Group(members, q, nb)
             self.groups.append(g)
             A = len(members)
+            atom_ids = np.array(which[(r, q)])
+            self.atom_ids.append(atom_ids)
+            self.first_pos[atom_ids[:, None], g.cols] = offset + np.arange(A)[:, None] * r * q + np.arange(q)
+            self.row_stride[atom_ids] = q
             self.spans.append(slice(offset, offset + A * r * q))
             offset += A * r * q
             targets.append(np.broadcast_to(g.target, (A, r, q)).ravel())
@@ -134,6 +142,20 @@ class _Blocks:
         self.weight = np.concatenate(weights)
         self.problem_of = np.concatenate(owners)  # local problem id of every pair (nb: padding)
         self.dtype = self.groups[0].X.dtype
+        self.first_pos[:, nb] = -1
+
+    def carry(self, values: np.ndarray, old: _Blocks) -> np.ndarray:
+        """Per-pair ``values`` laid out by ``old`` (a superset of these problems), in this layout: margins
+        survive a rebuild without a product with the data."""
+        source = np.r_[values, 0.0]
+        parts = []
+        for g, atom_ids in zip(self.groups, self.atom_ids, strict=True):
+            old_local = old.local_of[np.r_[self.ids, -1][g.cols]]  # [A, q]; -1 for padding
+            base = old.first_pos[atom_ids[:, None], old_local]
+            r = g.X.shape[1]
+            index = base[:, None, :] + np.arange(r)[None, :, None] * old.row_stride[atom_ids][:, None, None]
+            parts.append(source[np.where(base[:, None, :] >= 0, index, -1)].ravel())
+        return np.concatenate(parts)
 
     def _values(self, flat: np.ndarray):
         for g, span in zip(self.groups, self.spans, strict=True):
@@ -189,16 +211,26 @@ class _Blocks:
 
 
 def _atoms_of(union_pos: list[np.ndarray], n_union: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Group union positions by the exact set of problems containing them -> [(positions, problems)], in
-    order of first appearance."""
-    membership = np.zeros((n_union, len(union_pos)), dtype=bool)
+    """Group union positions by the exact set of problems containing them -> [(positions, problems)].
+
+    A row's set of problems is identified by two sums of fixed random 64-bit keys, one per problem (two
+    different sets share both sums with probability ~2^-128): no [rows x problems] matrix, no Python loop.
+    """
     owner = np.repeat(np.arange(len(union_pos)), [len(p) for p in union_pos])
-    membership[np.concatenate(union_pos), owner] = True
-    signature = np.packbits(membership, axis=1)
-    atom_of: dict[bytes, int] = {}
-    which = np.array([atom_of.setdefault(row.tobytes(), len(atom_of)) for row in signature])
-    first = np.unique(which, return_index=True)[1]
-    return [(np.flatnonzero(which == a), np.flatnonzero(membership[first[a]])) for a in range(len(atom_of))]
+    pos = np.concatenate(union_pos)
+    keys = np.random.default_rng(0).integers(0, 2**63, size=(2, len(union_pos)), dtype=np.uint64)
+    signature = np.zeros((n_union, 2), dtype=np.uint64)
+    for k in range(2):
+        np.add.at(signature[:, k], pos, keys[k, owner])  # wraps modulo 2^64: a sum of the key set
+    _, first, which = np.unique(signature, axis=0, return_index=True, return_inverse=True)
+    which = which.ravel()
+    rows_of = np.split(np.argsort(which, kind="stable"), np.cumsum(np.bincount(which))[:-1])
+    at_first = pos == first[which[pos]]  # the problems of each atom, read off its first row
+    members = np.split(
+        owner[at_first][np.argsort(which[pos[at_first]], kind="stable")],
+        np.cumsum(np.bincount(which[pos[at_first]], minlength=len(first)))[:-1],
+    )
+    return list(zip(rows_of, members, strict=True))
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -317,7 +349,7 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
     rho: list[np.ndarray] = []
     blocks, mean, scale = working(ids)
     threshold = threshold_all[ids]
-    M = margins_of(v)
+    M = margins_of(v) if v.any() else np.zeros(len(blocks.target))
     f, g = objective_and_gradient(v, M)
     done = np.abs(g).max(1) <= threshold
     for _ in range(max_iter):
@@ -330,8 +362,9 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
                 if not len(ids):
                     break
                 pre = pre.subset(keep)
+                old = blocks
                 blocks, mean, scale = working(ids)
-                M = margins_of(v)
+                M = blocks.carry(M, old)
                 done = np.zeros(len(ids), dtype=bool)
         active = ~done
         # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1
