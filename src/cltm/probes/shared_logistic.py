@@ -319,9 +319,10 @@ def _between_directions(
     return directions, between
 
 
-def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None:
+def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=None) -> None:
     """L-BFGS in lockstep over problems ``ids``, from their rows of ``v_all``; writes ``v_all``, ``g_all``
-    and ``n_iter`` in place. Products with the data run in the dtype of the atoms' rows."""
+    and ``n_iter`` in place. Products with the data run in the dtype of the atoms' rows. ``blocks``: the
+    layout of exactly ``ids`` if the caller has it."""
     mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre_all = problem
     nb_all, d = len(v_all), v_all.shape[1] - 1
 
@@ -347,7 +348,9 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history) -> None
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
     rho: list[np.ndarray] = []
-    blocks, mean, scale = working(ids)
+    if blocks is None:
+        blocks = working(ids)[0]
+    mean, scale = mean_all[ids], scale_all[ids]
     threshold = threshold_all[ids]
     M = margins_of(v) if v.any() else np.zeros(len(blocks.target))
     f, g = objective_and_gradient(v, M)
@@ -517,9 +520,9 @@ def fit_logistic_shared(
 
     directions, between_ss = _between_directions(membership, counts, centres, mean_all, scale_all)
     shrink = np.zeros_like(between_ss)
+    blocks = _Blocks(low, np.arange(nb), nb, w_pos, w_neg, C)
     if precondition and directions.shape[1]:
         # within-atom sum of squares along each direction: one product pass per direction
-        blocks = _Blocks(low, np.arange(nb), nb, w_pos, w_neg, C)
         for k in range(directions.shape[1]):
             within_ss = blocks.centred_sumsq(directions[:, k] / scale_all)
             ratio = _SHRINK * between_ss[:, k] / np.maximum(within_ss, 1e-300)
@@ -531,7 +534,7 @@ def fit_logistic_shared(
     n_iter = np.zeros(nb, dtype=np.int64)
     threshold_all = tol * C * n_p
     problem = (mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre)
-    _lbfgs(np.arange(nb), low, v_all, g_all, n_iter, problem, max_iter, history)
+    _lbfgs(np.arange(nb), low, v_all, g_all, n_iter, problem, max_iter, history, blocks)
     pending = np.flatnonzero(np.abs(g_all).max(1) > threshold_all)
     if len(pending) and np.dtype(dtype) != np.float64:
         # the few problems float32 cannot resolve to ``tol`` are finished in float64 from where they stopped
