@@ -240,7 +240,7 @@ def bench_gender(args) -> None:
         oursj_t, _ = _time(lambda: run_sweep(X, man, "gender", n_jobs=args.n_jobs, **sweep))
         carej_t, _ = _time(lambda: careful_loop(X, man, n=n, seeds=seeds, n_jobs=args.n_jobs))
         print(
-            f"  with {args.n_jobs} jobs each: sweep {oursj_t:.2f} s, careful {carej_t:.2f} s -> careful ratio "
+            f"  with {args.n_jobs} jobs each: sweep {oursj_t:.2f} s, careful {carej_t:.2f} s -> ratio "
             f"{carej_t / oursj_t:.1f}x;  sweep ({args.n_jobs} jobs) vs careful (1 job): "
             f"{care1_t / oursj_t:.1f}x"
         )
