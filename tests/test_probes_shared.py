@@ -183,4 +183,6 @@ def test_margins_carried_across_a_rebuild_equal_recomputed_ones():
         np.testing.assert_allclose(np.sort(got), np.sort(X[rows] @ u[p] + c[p]), atol=1e-9)
     keep = np.array([1, 3, 5, 6, nb - 1])
     part = _Blocks(atoms, keep, nb, weights, weights, 1.0)
-    np.testing.assert_allclose(part.carry(margins, everything), part.products(u[keep], c[keep]), atol=1e-9)
+    real = part.problem_of < len(keep)  # padding pairs weigh nothing; their margins are never read
+    carried, recomputed = part.carry(margins, everything), part.products(u[keep], c[keep])
+    np.testing.assert_allclose(carried[real], recomputed[real], atol=1e-9)

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import expit, log_expit
 
 from cltm.probes.batched_logistic import BatchedLogisticFit
 
@@ -76,6 +77,8 @@ class _Group:
         self.cols = np.full((A, q), nb)
         for k, (_, c) in enumerate(members):
             self.cols[k, : len(c)] = c
+        # gathers of coefficients read problem 0 on padding (its pairs weigh 0; sums go to ``nb``)
+        self.take = np.where(self.cols == nb, 0, self.cols)
         self.X = np.stack([a.rows for a, _ in members])
         self.centre = np.stack([a.centre for a, _ in members])
         self.target = np.stack([a.target for a, _ in members])[:, :, None]  # [A, r, 1]
@@ -173,21 +176,20 @@ class _Blocks:
 
     def products(self, u: np.ndarray, c: np.ndarray) -> np.ndarray:
         """x . u_p + c_p for every pair: (x - atom centre) . u in the rows' dtype, centre . u in float64."""
-        u = np.vstack([u, np.zeros(u.shape[1])])
-        c = np.r_[c, 0.0]
         u_low = u.astype(self.dtype)
-        parts = []
-        for g in self.groups:
-            shift = np.take_along_axis(g.centre @ u.T, g.cols, axis=1) + c[g.cols]
-            parts.append((np.matmul(g.X, u_low[g.cols].transpose(0, 2, 1)) + shift[:, None, :]).ravel())
-        return np.concatenate(parts)
+        out = np.empty(len(self.target))
+        for g, span in zip(self.groups, self.spans, strict=True):
+            shift = np.take_along_axis(g.centre @ u.T, g.take, axis=1) + c[g.take]
+            view = out[span].reshape(g.X.shape[0], g.X.shape[1], g.cols.shape[1])
+            np.add(np.matmul(g.X, u_low[g.take].transpose(0, 2, 1)), shift[:, None, :], out=view)
+        return out
 
     def centred_sumsq(self, u: np.ndarray) -> np.ndarray:
         """Per problem, the sum over its rows of ((x - atom centre) . u_p)^2."""
-        u_low = np.vstack([u, np.zeros(u.shape[1])]).astype(self.dtype)
+        u_low = u.astype(self.dtype)
         out = np.zeros(self.nb + 1)
         for g in self.groups:
-            sq = np.square(np.matmul(g.X, u_low[g.cols].transpose(0, 2, 1)), dtype=np.float64)
+            sq = np.square(np.matmul(g.X, u_low[g.take].transpose(0, 2, 1)), dtype=np.float64)
             out += np.bincount(g.cols.ravel(), weights=sq.sum(1).ravel(), minlength=self.nb + 1)
         return out[: self.nb]
 
@@ -204,10 +206,11 @@ class _Blocks:
         return gx[: self.nb], rsum[: self.nb]
 
     def loss(self, margins: np.ndarray) -> np.ndarray:
-        return self.per_problem(self.weight * _softplus(-self.sign * margins))
+        """Per problem, sum of weight * log(1 + exp(-y m)) (= -weight * log sigmoid(y m))."""
+        return -self.per_problem(self.weight * log_expit(self.sign * margins))
 
     def residual(self, margins: np.ndarray) -> np.ndarray:
-        return self.weight * (_sigmoid(margins) - self.target)
+        return self.weight * (expit(margins) - self.target)
 
 
 def _atoms_of(union_pos: list[np.ndarray], n_union: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -231,14 +234,6 @@ def _atoms_of(union_pos: list[np.ndarray], n_union: int) -> list[tuple[np.ndarra
         np.cumsum(np.bincount(which[pos[at_first]], minlength=len(first)))[:-1],
     )
     return list(zip(rows_of, members, strict=True))
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
