@@ -68,11 +68,9 @@ def _bucket(q: int) -> int:
 
 class _Group:
     """Atoms of one shape, stacked: rows [A, r, d], centres [A, d], local problem ids [A, q] (padding: the
-    dummy problem ``nb``), and the sparse sums that add the [A, q] pieces up per problem."""
+    dummy problem ``nb``)."""
 
     def __init__(self, members: list[tuple[_Atom, np.ndarray]], q: int, nb: int):
-        from scipy.sparse import csr_matrix
-
         A = len(members)
         self.cols = np.full((A, q), nb)
         for k, (_, c) in enumerate(members):
@@ -82,21 +80,6 @@ class _Group:
         self.X = np.stack([a.rows for a, _ in members])
         self.centre = np.stack([a.centre for a, _ in members])
         self.target = np.stack([a.target for a, _ in members])[:, :, None]  # [A, r, 1]
-        flat = self.cols.ravel()
-        # sums of [A, q] pieces per problem as sparse products: pieces -> rows of (nb + 1)
-        self.order = np.argsort(flat, kind="stable")
-        self.indptr = np.r_[0, np.cumsum(np.bincount(flat, minlength=nb + 1))]
-        self.scatter = csr_matrix(
-            (np.ones(len(flat), self.X.dtype), self.order, self.indptr), shape=(nb + 1, len(flat))
-        )
-        # same structure, atoms as columns; its values are overwritten on each use (no rebuild)
-        atom_of_piece = np.repeat(np.arange(A), q)[self.order]
-        self._weights = csr_matrix((np.zeros(len(flat)), atom_of_piece, self.indptr), shape=(nb + 1, A))
-
-    def per_problem_of_pieces(self, pieces: np.ndarray, of: np.ndarray) -> np.ndarray:
-        """Per problem, the sum over atoms of pieces[a, q] * of[a]: [A, q], [A, ...] -> [nb + 1, ...]."""
-        self._weights.data[:] = pieces.ravel()[self.order]
-        return self._weights @ of
 
 
 class _Blocks:
@@ -146,6 +129,33 @@ class _Blocks:
         self.problem_of = np.concatenate(owners)  # local problem id of every pair (nb: padding)
         self.dtype = self.groups[0].X.dtype
         self.first_pos[:, nb] = -1
+        # The transposed product makes one [d] piece per (atom, problem) in a GEMM; the pieces, and each
+        # atom's residual sum times [its centre, 1], add up per problem in two sparse products.
+        from scipy.sparse import csr_matrix
+
+        self.piece_spans, piece_cols, piece_atom, off = [], [], [], 0
+        for k, g in enumerate(self.groups):
+            n = g.cols.size
+            self.piece_spans.append(slice(off, off + n))
+            piece_cols.append(g.cols.ravel())
+            piece_atom.append(
+                np.repeat(np.arange(g.X.shape[0]), g.cols.shape[1])
+                + sum(h.X.shape[0] for h in self.groups[:k])
+            )
+            off += n
+        piece_cols_all = np.concatenate(piece_cols)
+        self.piece_cols = piece_cols_all
+        self.pieces = np.empty((off, self.groups[0].X.shape[2]), self.dtype)
+        self.order = np.argsort(piece_cols_all, kind="stable")
+        indptr = np.r_[0, np.cumsum(np.bincount(piece_cols_all, minlength=nb + 1))]
+        self.scatter = csr_matrix((np.ones(off, self.dtype), self.order, indptr), shape=(nb + 1, off))
+        # values overwritten on each use: the residual sum of each (atom, problem)
+        self.centre_weights = csr_matrix(
+            (np.zeros(off), np.concatenate(piece_atom)[self.order], indptr),
+            shape=(nb + 1, sum(g.X.shape[0] for g in self.groups)),
+        )
+        centres = np.concatenate([g.centre for g in self.groups])
+        self.centres_and_one = np.concatenate([centres, np.ones((len(centres), 1))], axis=1)
 
     def carry(self, values: np.ndarray, old: _Blocks) -> np.ndarray:
         """Per-pair ``values`` laid out by ``old`` (a superset of these problems), in this layout: margins
@@ -193,17 +203,19 @@ class _Blocks:
             out += np.bincount(g.cols.ravel(), weights=sq.sum(1).ravel(), minlength=self.nb + 1)
         return out[: self.nb]
 
-    def transposed_products(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per problem, the sums over its rows of residual * x -> [nb, d] and of residual -> [nb]."""
-        gx = np.zeros((self.nb + 1, self.groups[0].X.shape[2]))
-        rsum = np.zeros(self.nb + 1)
-        for values, g in self._values(residual):
-            r_sum = values.sum(1)  # [A, q]
-            pieces = np.matmul(values.astype(self.dtype).transpose(0, 2, 1), g.X)  # [A, q, d]
-            gx += g.scatter @ pieces.reshape(-1, pieces.shape[2])
-            gx += g.per_problem_of_pieces(r_sum, g.centre)
-            rsum += np.bincount(g.cols.ravel(), weights=r_sum.ravel(), minlength=self.nb + 1)
-        return gx[: self.nb], rsum[: self.nb]
+    def transposed_products(self, residual: np.ndarray) -> np.ndarray:
+        """Per problem, the sums over its rows of residual * [x, 1] -> [nb, d + 1] (float64)."""
+        rs = np.empty(len(self.piece_cols))
+        for (values, g), span in zip(self._values(residual), self.piece_spans, strict=True):
+            A, r, q = values.shape
+            rs[span] = values.sum(1).ravel()
+            np.matmul(
+                values.astype(self.dtype).transpose(0, 2, 1), g.X, out=self.pieces[span].reshape(A, q, -1)
+            )
+        self.centre_weights.data[:] = rs[self.order]
+        out = self.centre_weights @ self.centres_and_one  # centres' share, and the residual sums
+        out[:, :-1] += self.scatter @ self.pieces
+        return out[: self.nb]
 
     def loss(self, margins: np.ndarray) -> np.ndarray:
         """Per problem, sum of weight * log(1 + exp(-y m)) (= -weight * log sigmoid(y m))."""
@@ -330,12 +342,13 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         return blocks.products(u, vw[:, d] - _rowdot(u, mean))
 
     def objective_and_gradient(vw: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        gx, rsum = blocks.transposed_products(blocks.residual(margins))
-        gx -= mean * rsum[:, None]
-        gx /= scale
-        gx += vw[:, :d]
+        g = blocks.transposed_products(blocks.residual(margins))  # [sum r x, sum r]
+        g_w = g[:, :d]
+        g_w -= mean * g[:, d:]
+        g_w /= scale
+        g_w += vw[:, :d]
         f = blocks.loss(margins) + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
-        return f, np.concatenate([gx, rsum[:, None]], axis=1)
+        return f, g
 
     # the working set: problems still being solved, with their solver state (L-BFGS history included)
     v = v_all[ids]
