@@ -279,7 +279,8 @@ class _Preconditioner:
     """P^-1 = I - sum_k shrink_k v_k v_k^T on the w part (unit, orthogonal v_k per problem; b untouched)."""
 
     def __init__(self, directions: np.ndarray, shrink: np.ndarray):
-        self.directions, self.shrink = directions, shrink  # [nb, R, d], [nb, R]
+        # [nb, R, d], [nb, R]; float32 like the two-loop recursion that applies them
+        self.directions, self.shrink = directions.astype(np.float32), shrink.astype(np.float32)
 
     def subset(self, keep: np.ndarray) -> _Preconditioner:
         return _Preconditioner(self.directions[keep], self.shrink[keep])
@@ -378,9 +379,9 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
                 M = blocks.carry(M, old)
                 done = np.zeros(len(ids), dtype=bool)
         active = ~done
-        # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1
-        # (in place on one buffer: temporaries the size of the whole state cost as much as the arithmetic)
-        q = g.copy()
+        # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1;
+        # in float32 on one buffer (it only shapes the direction: memory traffic is its whole cost)
+        q = g.astype(np.float32)
         buf = np.empty_like(q)
         alphas = []
         for s_k, y_k, r_k in zip(reversed(S), reversed(Y), reversed(rho), strict=True):
@@ -389,14 +390,14 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
             alphas.append(a_k)
         if S:
             sy, yPy = _rowdot(S[-1], Y[-1]), pre.quadratic(Y[-1])
-            gamma = np.where(yPy > 0, sy / np.where(yPy > 0, yPy, 1.0), 1.0)
+            gamma = np.where(yPy > 0, sy / np.where(yPy > 0, yPy, 1.0), 1.0).astype(np.float32)
         else:
-            gamma = 1.0 / np.sqrt(np.maximum(pre.quadratic(g), 1e-300))
+            gamma = (1.0 / np.sqrt(np.maximum(pre.quadratic(g), 1e-300))).astype(np.float32)
         q = pre.apply(q)
         q *= gamma[:, None]
         for s_k, y_k, r_k, a_k in zip(S, Y, rho, reversed(alphas), strict=True):
             q += np.multiply(s_k, (a_k - r_k * _rowdot(y_k, q))[:, None], out=buf)
-        direction = np.negative(q, out=q)
+        direction = -q.astype(np.float64)
         slope = _rowdot(g, direction)
         stale = active & (slope >= 0)  # not a descent direction: restart this problem from the gradient
         if stale.any():
@@ -433,9 +434,9 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         f = np.where(done, f, f_new)
         y_new = g_new - g
         sy = _rowdot(s_new, y_new)
-        S.append(s_new)
-        Y.append(y_new)
-        rho.append(np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0))
+        S.append(s_new.astype(np.float32))
+        Y.append(y_new.astype(np.float32))
+        rho.append(np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0).astype(np.float32))
         if len(S) > history:
             del S[0], Y[0], rho[0]
         g = g_new
