@@ -519,9 +519,14 @@ def fit_logistic_shared(
         low.append(_Atom(Xa.astype(dtype), centres[k], members, t_union[rows]))
     reference = centres.mean(0)  # keeps the between-atom sums well conditioned
     shifted = centres - reference
-    mean_all = membership @ (counts[:, None] * shifted) / n_p[:, None]
-    between = membership @ (counts[:, None] * shifted**2) / n_p[:, None] - mean_all**2
-    scale_all = np.sqrt(np.maximum(membership @ within / n_p[:, None] + between, 0.0))
+    from scipy.sparse import csr_matrix
+
+    sums = csr_matrix(membership) @ np.concatenate(
+        [counts[:, None] * shifted, counts[:, None] * shifted**2, within], 1
+    )
+    mean_all = sums[:, :d] / n_p[:, None]
+    between = sums[:, d : 2 * d] / n_p[:, None] - mean_all**2
+    scale_all = np.sqrt(np.maximum(sums[:, 2 * d :] / n_p[:, None] + between, 0.0))
     mean_all += reference
     # scikit-learn's StandardScaler leaves (near-)constant features unscaled
     tiny = scale_all < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean_all), 1.0)
