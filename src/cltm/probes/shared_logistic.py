@@ -13,11 +13,15 @@ u = w / scale_p and c = b - u . mean_p, so margins and gradients of *all* proble
 rows. Rows are grouped into *atoms* (rows that belong to exactly the same problems: here the N of each
 language, and the other N of its 2N); each atom is multiplied once per pass by the stacked coefficients of
 every problem that contains it, and atoms of the same shape are stacked so that a pass is a few batched
-GEMMs, not a Python loop over atoms. Per-problem means and scales come from per-atom sums, which add up.
+GEMMs, not a Python loop over atoms; the gradient's [atom, problem] pieces add up per problem in one sparse
+product. Per-problem means and scales come from per-atom sums, which add up.
 
-The solver is L-BFGS run in lockstep over all problems (vectorised two-loop recursion, Armijo backtracking
-on margins that are linear in the step, so a line search costs no extra product with the data); finished
-problems leave the products. It is preconditioned where problems mix atoms whose means differ (a pair of
+The solver is L-BFGS run in lockstep over all problems (vectorised two-loop recursion in float32, history
+3; Armijo backtracking on margins that are linear in the step, so a line search costs no extra product with
+the data); finished problems leave the products, their margins carried over without a new product. With
+~1,600 problems of 769 parameters (54 languages) the solver state is as large as the data, so passes over it
+cost as much as the GEMMs: hence float32, in-place updates and the short history (8-9 iterations either
+way). It is preconditioned where problems mix atoms whose means differ (a pair of
 languages): the offset between the atoms' means, in the problem's standardised space, is a direction of far
 higher curvature than the within-atom directions (the data's variance along it is mostly *between* atoms),
 which costs plain L-BFGS ~6 extra iterations per pair. The initial inverse Hessian of the two-loop recursion
@@ -25,10 +29,11 @@ shrinks those directions by the ratio of between- to within-atom variance along 
 middle of the range that measured best), which brings pairs down to the iterations of single-language
 problems. A preconditioner changes the path, not the optimum or the stopping rule.
 
-Products run in float32 on atom-centred rows, everything else in float64, and a problem float32 cannot
-resolve is finished in float64. A problem stops when its largest gradient entry is below ``tol * C * n_p``:
-scikit-learn's lbfgs criterion on its rescaled objective, with the same default ``tol=1e-4``, so both stop at
-about the same distance from the optimum (benchmarks/RESULTS.md measures the held-out F1 of both).
+Products run in float32 on atom-centred rows (the centres' share in float64), margins, gradients and the
+iterate in float64, and a problem float32 cannot resolve is finished in float64. A problem stops when its
+largest gradient entry is below ``tol * C * n_p``: scikit-learn's lbfgs criterion on its rescaled objective,
+with the same default ``tol=1e-4``, so both stop at about the same distance from the optimum
+(benchmarks/RESULTS.md measures the held-out F1 of both).
 """
 
 from __future__ import annotations
