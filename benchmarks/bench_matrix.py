@@ -406,6 +406,12 @@ def bench_scale(args) -> None:
             f"~ {full:.0f} s extrapolated (sampling, done once per sweep, counted "
             f"{13 * 10 // (layers * seeds)}x)"
         )
+    if task == "gender":  # the solver's share: one (layer, seed) alone, CPU time, against the matmul peak
+        solve_t, gflop = solver_throughput(X[:1], man, n=60, seeds=[0])
+        print(
+            f"  solver alone, one (layer, seed) of 1,593 problems: {solve_t:.2f} s CPU, {gflop:.1f} GFLOP = "
+            f"{100 * gflop / solve_t / matmul_peak_gflops():.0f}% of the float32 matmul peak"
+        )
 
 
 def main() -> None:
