@@ -1,18 +1,20 @@
-"""CLTM sweep speed: ``run_matrix`` against the naive loop (one estimator fit per (layer, seed, cell)).
+"""CLTM sweep speed: ``run_matrix`` against naive loops measured in the same run.
 
-Synthetic embeddings (dim 768, 13 layers, 10 seeds by default):
+Synthetic embeddings (dim 768, 13 layers):
 
-* gender: 10 languages, N = 60 per class, L2 logistic probe. The naive loop trains one
-  ``LogisticProbe`` per (layer, seed, condition, target, donor) on exactly the same subsets (``naive=True``).
+* gender (issue 17's setting by default: 12 languages, N = 60 per class, 13 layers x 2 seeds, L2 logistic
+  probe). Two references on exactly the sweep's subsets and test sets (taken from the engine's plan):
+  the *careful naive loop* (one ``StandardScaler`` + ``LogisticRegression`` per distinct training set of a
+  (layer, seed): N of i, 2N of i, N of i + N of j once per unordered pair; zero-shot scored with the single
+  models), run on every (layer, seed); and the engine's own naive mode (``naive=True``: one fit per run, zero-
+  shot and both pair directions refitted) on a slice, extrapolated. Also the machine's float32 matrix-multiply
+  throughput and the solver's distance from it.
 * speaker: 10 languages, N = 1000 utterances, PLDA (PCA to 200 dims first; ``--backend cosine`` for the
   centred cosine). The naive loop trains one back-end on the data of each (layer, seed, condition, target,
   donor). It also prints the ceiling any exact fast path has (distinct models vs fits, row passes).
 * scale: 54 languages, gender (``--scale-task speaker`` with ``--backend``: the speaker sweep):
   ``--scale-layers 13 --scale-seeds 10`` runs the whole sweep; fewer are measured and extrapolated to 13
   layers x 10 seeds.
-
-Naive loops are measured on a slice of layers/seeds (every run is independent, so time is linear in the number
-of (layer, seed) pairs) and extrapolated; the cell values of both are compared on that slice.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_matrix.py [--part gender|speaker|scale|all] [--n-jobs 2]
 """
@@ -22,11 +24,35 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from cltm.transfer import run_matrix
+from cltm.transfer import plan_languages, run_matrix
+
+
+def run_sweep(X: np.ndarray, man: pl.DataFrame, task: str, **settings: Any):
+    """The benchmark's one call into ``run_matrix`` (its keyword interface is being replaced by typed
+    settings objects: adapt this function only). ``settings``: n, seeds, layers, n_jobs, probe, naive."""
+    return run_matrix(X, man, task, progress=False, **settings)
+
+
+def language_plans(man: pl.DataFrame, task: str, *, n: int, seeds: Sequence[int]) -> dict:
+    """The engine's per-language plan (test rows, nested N / 2N training rows per seed): what the sweep
+    trains and tests on, so the careful loop below uses exactly the same subsets."""
+    plans, _ = plan_languages(man, task, n=n, seeds=list(seeds))
+    return plans
+
+
+def gender_labels(man: pl.DataFrame) -> np.ndarray:
+    """0/1 class codes in the engine's class order (female, male); -1 for anything else."""
+    from cltm.corpus.manifest import normalize_genders
+    from cltm.transfer.conditions import GENDER_CLASSES
+
+    code = {c: k for k, c in enumerate(GENDER_CLASSES)}
+    return np.array([code.get(v, -1) for v in normalize_genders(man["gender"]).to_list()], dtype=np.int64)
 
 
 def synthetic_corpus(
@@ -74,40 +100,234 @@ def _time(fn):
     return time.perf_counter() - t, out
 
 
+def _cpu_and_wall(fn):
+    """(CPU seconds of this process, wall seconds, result): on a shared machine the CPU time of a one-job
+    run is the steadier measure (other processes' load stretches wall time, not CPU time)."""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.process_time() - c, time.perf_counter() - t, out
+
+
+def careful_pipeline(C: float = 1.0, tol: float = 1e-4, max_iter: int = 1000):
+    """What a careful user fits per training set: the probe's own pipeline (cltm's ``LogisticProbe``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(C=C, class_weight="balanced", tol=tol, max_iter=max_iter)
+    )
+
+
+def careful_layer(
+    X: np.ndarray, layer: int, labels: np.ndarray, plans: dict, seeds: Sequence[int], *, C: float = 1.0
+) -> tuple[list[dict[str, Any]], int]:
+    """The careful naive loop on one layer: one fit per *distinct* training set of each seed (N of i, 2N of
+    i, N of i + N of j once per unordered pair), each model scoring every test set that needs it (zero-shot
+    from j = j's single model on i's test set, no refit). -> (one row per run, number of fits)."""
+    from cltm.probes.metrics import classification_metrics
+
+    X = np.asarray(X, dtype=np.float32)
+    langs = list(plans)
+    rows: list[dict[str, Any]] = []
+    fits = 0
+
+    def fitted(train: np.ndarray):
+        return careful_pipeline(C).fit(X[train], labels[train])
+
+    for seed in seeds:
+        single = {i: fitted(plans[i].rows_n[seed]) for i in langs}
+        own = {i: fitted(plans[i].rows_2n[seed]) for i in langs}
+        pair = {
+            (i, j): fitted(np.concatenate([plans[i].rows_n[seed], plans[j].rows_n[seed]]))
+            for a, i in enumerate(langs)
+            for j in langs[a + 1 :]
+        }
+        fits += len(single) + len(own) + len(pair)
+        for i in langs:
+            test = plans[i].test_rows
+            n_i = len(plans[i].rows_n[seed])
+            runs = [("single", i, single[i], n_i), ("self", i, own[i], len(plans[i].rows_2n[seed]))]
+            others = [j for j in langs if j != i]
+            runs += [
+                ("pair", j, pair[(i, j) if (i, j) in pair else (j, i)], n_i + len(plans[j].rows_n[seed]))
+                for j in others
+            ]
+            runs += [("zero_shot", j, single[j], len(plans[j].rows_n[seed])) for j in others]
+            for condition, donor, model, n_train in runs:
+                scores = classification_metrics(labels[test], model.predict(X[test]))
+                rows.append(
+                    {
+                        "layer": layer,
+                        "seed": seed,
+                        "condition": condition,
+                        "target": i,
+                        "donor": donor,
+                        "n_train": n_train,
+                        "f1": scores["f1"],
+                        "accuracy": scores["accuracy"],
+                    }
+                )
+    return rows, fits
+
+
+def careful_loop(
+    X: np.ndarray, man: pl.DataFrame, *, n: int, seeds: Sequence[int], n_jobs: int = 1
+) -> tuple[pl.DataFrame, int]:
+    """The careful naive loop over every layer of ``X`` [layers, utts, dim] (plan included, as in the
+    sweep); layers in parallel with joblib when ``n_jobs`` > 1. -> (runs, number of fits)."""
+    from joblib import Parallel, delayed
+
+    plans = language_plans(man, "gender", n=n, seeds=seeds)
+    labels = gender_labels(man)
+    args = [(X[layer], layer, labels, plans, seeds) for layer in range(len(X))]
+    if n_jobs == 1:
+        out = [careful_layer(*a) for a in args]
+    else:
+        out = Parallel(n_jobs=n_jobs)(delayed(careful_layer)(*a) for a in args)
+    runs = pl.DataFrame([row for rows, _ in out for row in rows])
+    return runs, sum(fits for _, fits in out)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matrix-multiply throughput (best of ``repeats`` large numpy products, CPU
+    time: with one BLAS thread, what one core delivers)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    best = min(_cpu_and_wall(lambda: a @ b)[0] for _ in range(repeats))  # CPU time: steadier under load
+    return 2 * size**3 / best / 1e9
+
+
+def solver_throughput(
+    X: np.ndarray, man: pl.DataFrame, *, n: int, seeds: Sequence[int]
+) -> tuple[float, float]:
+    """The shared solver alone on every (layer, seed)'s distinct training sets -> (CPU s, GFLOP done).
+
+    FLOPs are a lower bound counting only the products with the data the method needs: per problem, rows x
+    dim x 2 (multiply-add) x 2 (margins, gradient) per iteration, plus one such pair to start."""
+    from cltm.probes import fit_logistic_shared
+
+    plans = language_plans(man, "gender", n=n, seeds=seeds)
+    labels = gender_labels(man)
+    langs = list(plans)
+    seconds, flops = 0.0, 0.0
+    for layer in range(len(X)):
+        X_layer = np.asarray(X[layer], dtype=np.float32)
+        for seed in seeds:
+            sets = [plans[i].rows_n[seed] for i in langs] + [plans[i].rows_2n[seed] for i in langs]
+            sets += [
+                np.concatenate([plans[i].rows_n[seed], plans[j].rows_n[seed]])
+                for a, i in enumerate(langs)
+                for j in langs[a + 1 :]
+            ]
+            t, _, fit = _cpu_and_wall(lambda: fit_logistic_shared(X_layer, labels, sets))  # noqa: B023
+            seconds += t
+            sizes = np.array([len(s) for s in sets], dtype=np.float64)
+            flops += float(np.sum(sizes * X.shape[2] * 4 * (fit.n_iter + 1)))
+    return seconds, flops / 1e9
+
+
+def optimum_gap(X: np.ndarray, man: pl.DataFrame, careful: pl.DataFrame, *, n: int, seeds: Sequence[int]):
+    """Mean and max |dF1| between the careful loop and the exact optimum of every distinct set (the shared
+    solver at tol 1e-8 in float64): how far scikit-learn's own default stopping is from the optimum."""
+    from cltm.probes import fit_logistic_shared
+    from cltm.probes.metrics import binary_metrics_by_column
+
+    plans = language_plans(man, "gender", n=n, seeds=seeds)
+    labels = gender_labels(man)
+    langs = list(plans)
+    ref = {
+        tuple(r[:5]): r[5]
+        for r in careful.select(["layer", "seed", "condition", "target", "donor", "f1"]).rows()
+    }
+    diffs = []
+    for layer in range(len(X)):
+        X_layer = np.asarray(X[layer], dtype=np.float32)
+        for seed in seeds:
+            index = {("n", i): k for k, i in enumerate(langs)}
+            index.update({("2n", i): len(langs) + k for k, i in enumerate(langs)})
+            sets = [plans[i].rows_n[seed] for i in langs] + [plans[i].rows_2n[seed] for i in langs]
+            for a, i in enumerate(langs):
+                for j in langs[a + 1 :]:
+                    index[("pair", i, j)] = index[("pair", j, i)] = len(sets)
+                    sets.append(np.concatenate([plans[i].rows_n[seed], plans[j].rows_n[seed]]))
+            fit = fit_logistic_shared(X_layer, labels, sets, tol=1e-8, dtype=np.float64)
+            for i in langs:
+                test = plans[i].test_rows
+                decision = X_layer[test].astype(np.float64) @ fit.raw_coef.T + fit.raw_intercept
+                scores = binary_metrics_by_column(labels[test], decision > 0)
+                runs = [("single", i, ("n", i)), ("self", i, ("2n", i))]
+                runs += [("pair", j, ("pair", i, j)) for j in langs if j != i]
+                runs += [("zero_shot", j, ("n", j)) for j in langs if j != i]
+                for condition, donor, key in runs:
+                    diffs.append(abs(scores[index[key]]["f1"] - ref[(layer, seed, condition, i, donor)]))
+    return float(np.mean(diffs)), float(np.max(diffs))
+
+
 def bench_gender(args) -> None:
-    man, X = synthetic_corpus(10, 60, 6, 768, args.layers)
-    ours_t, ours = _time(
-        lambda: run_matrix(X, man, "gender", n=60, seeds=args.seeds, progress=False, n_jobs=args.n_jobs)
+    n, n_lang, dim = 60, args.languages, 768
+    man, X = synthetic_corpus(n_lang, 60, 6, dim, args.layers)
+    seeds = list(range(args.seeds))
+    peak = matmul_peak_gflops()
+    sweep = dict(n=n, seeds=seeds)
+    # first calls pay imports (joblib, rich, scikit-learn): outside the timings
+    run_sweep(X[:1], man, "gender", n=n, seeds=seeds[:1], n_jobs=1)
+    careful_loop(X[:1], man, n=n, seeds=seeds[:1])
+    ours1_c, ours1_t, ours1 = _cpu_and_wall(lambda: run_sweep(X, man, "gender", n_jobs=1, **sweep))
+    care1_c, care1_t, (care1, fits) = _cpu_and_wall(lambda: careful_loop(X, man, n=n, seeds=seeds))
+    print(
+        f"[gender] {n_lang} languages, N={n}/class, dim {dim}, {args.layers} layers x {args.seeds} seeds, "
+        f"{ours1.runs.height} runs; float32 matmul peak {peak:.0f} GFLOP/s (numpy, 2048^3, CPU time)"
     )
-    sl_layers, sl_seeds = list(range(args.slice_layers)), list(range(args.slice_seeds))
-    ours1_t, ours1 = _time(
-        lambda: run_matrix(X, man, "gender", n=60, seeds=sl_seeds, layers=sl_layers, progress=False)
+    print(
+        f"  sweep (1 job): {ours1_t:.2f} s wall, {ours1_c:.2f} s CPU;  careful loop (1 job, {fits} fits): "
+        f"{care1_t:.2f} s wall, {care1_c:.2f} s CPU"
     )
-    naive_t, naive = _time(
-        lambda: run_matrix(
-            X, man, "gender", n=60, seeds=sl_seeds, layers=sl_layers, progress=False, naive=True
+    print(
+        f"  careful ratio (1 job vs 1 job): {care1_t / ours1_t:.1f}x wall, {care1_c / ours1_c:.1f}x CPU time"
+    )
+    if args.n_jobs > 1:
+        oursj_t, _ = _time(lambda: run_sweep(X, man, "gender", n_jobs=args.n_jobs, **sweep))
+        carej_t, _ = _time(lambda: careful_loop(X, man, n=n, seeds=seeds, n_jobs=args.n_jobs))
+        print(
+            f"  with {args.n_jobs} jobs each: sweep {oursj_t:.2f} s, careful {carej_t:.2f} s -> ratio "
+            f"{carej_t / oursj_t:.1f}x;  sweep ({args.n_jobs} jobs) vs careful (1 job): "
+            f"{care1_t / oursj_t:.1f}x"
         )
-    )
-    scale = (args.layers * args.seeds) / (len(sl_layers) * len(sl_seeds))
-    naive_full = naive_t * scale
-    diff = np.abs(ours1.runs["f1"].to_numpy() - naive.runs["f1"].to_numpy())
-    cells = ours1.matrices.join(naive.matrices, on=["layer", "target", "donor"], suffix="_naive")
+    keys = ["layer", "seed", "condition", "target", "donor"]
+    both = ours1.runs.join(care1, on=keys, suffix="_careful", how="inner")
+    if both.height != ours1.runs.height:
+        raise SystemExit(f"the careful loop has {both.height} of the sweep's {ours1.runs.height} runs")
+    diff = np.abs(both["f1"].to_numpy() - both["f1_careful"].to_numpy())
+    perf = both.filter(pl.col("condition") == "single")
     print(
-        f"[gender] 10 languages, N=60/class, dim 768, {args.layers} layers x {args.seeds} seeds, "
-        f"{ours.runs.height} runs"
+        f"  vs careful: mean |dF1| {diff.mean():.4f}, max {diff.max():.4f} ({both.height} runs); mean "
+        f"Perf(i) {perf['f1'].mean():.4f} vs {perf['f1_careful'].mean():.4f}"
     )
+    gap_mean, gap_max = optimum_gap(X, man, care1, n=n, seeds=seeds)
     print(
-        f"  ours (n_jobs={args.n_jobs}): {ours_t:.1f} s   (1 job, slice {len(sl_layers)}x{len(sl_seeds)}: "
-        f"{ours1_t:.2f} s -> {ours1_t * scale:.1f} s full)"
+        f"  careful loop vs the exact optimum (tol 1e-8, float64): mean |dF1| {gap_mean:.4f}, max "
+        f"{gap_max:.4f} (scikit-learn's own stopping at tol 1e-4: the floor for any agreement with it)"
     )
-    print(f"  naive loop: {naive_t:.2f} s on the slice -> {naive_full:.1f} s extrapolated")
+    solve_t, gflop = solver_throughput(X, man, n=n, seeds=seeds)
     print(
-        f"  ratio: {naive_full / ours_t:.1f}x (n_jobs={args.n_jobs}), "
-        f"{naive_t / ours1_t:.1f}x (1 job vs 1 job)"
+        f"  solver alone: {solve_t:.2f} s CPU for >= {gflop:.1f} GFLOP of products with the data = "
+        f"{gflop / solve_t:.1f} GFLOP/s, {100 * gflop / solve_t / peak:.0f}% of the matmul peak "
+        f"(whole sweep, CPU: {100 * gflop / ours1_c / peak:.0f}%)"
     )
+
+    # the engine's naive mode refits every run (zero-shot and both pair directions): on a slice, extrapolated
+    sl_layers, sl_seeds = list(range(args.slice_layers)), seeds[: args.slice_seeds]
+    sliced = dict(n=n, seeds=sl_seeds, layers=sl_layers, n_jobs=1)
+    slice_t, ours_sl = _time(lambda: run_sweep(X, man, "gender", **sliced))
+    naive_t, naive = _time(lambda: run_sweep(X, man, "gender", naive=True, **sliced))
+    scale = (args.layers * len(seeds)) / (len(sl_layers) * len(sl_seeds))
+    diff = np.abs(ours_sl.runs["f1"].to_numpy() - naive.runs["f1"].to_numpy())
     print(
-        f"  agreement on the slice: mean |dPerf| {diff.mean():.2e}, max {diff.max():.2e}; "
-        f"max |dCLTM| {np.nanmax(np.abs((cells['cltm'] - cells['cltm_naive']).to_numpy())):.2e}"
+        f"  naive mode (one fit per run), slice {len(sl_layers)} layer(s) x {len(sl_seeds)} seed(s): "
+        f"{naive_t:.2f} s vs sweep {slice_t:.2f} s = {naive_t / slice_t:.1f}x "
+        f"(-> {naive_t * scale:.0f} s extrapolated); mean |dF1| {diff.mean():.4f}, max {diff.max():.4f}"
     )
 
 
@@ -117,12 +337,8 @@ def bench_speaker(args) -> None:
     man, X = synthetic_corpus(10, 100, 30, 768, layers, seed=1)
     seeds = list(range(args.slice_seeds))
     probe = args.backend
-    ours_t, ours = _time(
-        lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, probe=probe, progress=False)
-    )
-    naive_t, naive = _time(
-        lambda: run_matrix(X, man, "speaker", n=1000, seeds=seeds, probe=probe, progress=False, naive=True)
-    )
+    ours_t, ours = _time(lambda: run_sweep(X, man, "speaker", n=1000, seeds=seeds, probe=probe))
+    naive_t, naive = _time(lambda: run_sweep(X, man, "speaker", n=1000, seeds=seeds, probe=probe, naive=True))
     scale = (13 * 10) / (layers * len(seeds))
     diff = np.abs(ours.runs["auc"].to_numpy() - naive.runs["auc"].to_numpy())
     print(
@@ -170,12 +386,12 @@ def bench_scale(args) -> None:
         # as the speaker part: 100 speakers x 30 utterances per language
         man, X = synthetic_corpus(54, 100, 30, 768, layers, seed=2)
         what = f"speaker ({args.backend}), N=1000"
-        run = dict(task="speaker", n=1000, probe=args.backend)
+        task, run = "speaker", dict(n=1000, probe=args.backend)
     else:
         man, X = synthetic_corpus(54, 60, 6, 768, layers, seed=2)
         what = "gender, N=60/class"
-        run = dict(task="gender", n=60)
-    t, res = _time(lambda: run_matrix(X, man, seeds=seeds, progress=False, n_jobs=args.n_jobs, **run))
+        task, run = "gender", dict(n=60)
+    t, res = _time(lambda: run_sweep(X, man, task, seeds=seeds, n_jobs=args.n_jobs, **run))
     if res.runs.is_empty():
         raise SystemExit(f"[scale] every language was skipped, nothing measured:\n{res.skipped}")
     measured = (
@@ -190,15 +406,26 @@ def bench_scale(args) -> None:
             f"~ {full:.0f} s extrapolated (sampling, done once per sweep, counted "
             f"{13 * 10 // (layers * seeds)}x)"
         )
+    if task == "gender":  # the solver's share: one (layer, seed) alone, CPU time, against the matmul peak
+        solve_t, gflop = solver_throughput(X[:1], man, n=60, seeds=[0])
+        print(
+            f"  solver alone, one (layer, seed) of 1,593 problems: {solve_t:.2f} s CPU, {gflop:.1f} GFLOP = "
+            f"{100 * gflop / solve_t / matmul_peak_gflops():.0f}% of the float32 matmul peak"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", default="all", choices=["gender", "speaker", "scale", "all"])
-    parser.add_argument("--layers", type=int, default=13)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--slice-layers", type=int, default=1)
-    parser.add_argument("--slice-seeds", type=int, default=2)
+    parser.add_argument("--languages", type=int, default=12, help="gender part: number of languages")
+    parser.add_argument("--layers", type=int, default=13, help="gender part: layers")
+    parser.add_argument("--seeds", type=int, default=2, help="gender part: seeds")
+    parser.add_argument(
+        "--slice-layers", type=int, default=1, help="gender naive mode / speaker: layers measured"
+    )
+    parser.add_argument(
+        "--slice-seeds", type=int, default=2, help="gender naive mode / speaker: seeds measured"
+    )
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument(
         "--scale-layers", type=int, default=1, help="scale part: layers actually run (13 = all)"

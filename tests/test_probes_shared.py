@@ -142,3 +142,47 @@ def test_binary_metrics_by_column_equal_classification_metrics():
     for k in range(decision.shape[1]):
         ref = classification_metrics(only_zeros, (decision[:20, k] > 0).astype(int))
         assert got[k]["f1"] == pytest.approx(ref["f1"], abs=1e-12)
+
+
+def test_preconditioner_keeps_the_optimum_and_cuts_pair_iterations():
+    """Languages far apart (offsets >> spread): the between-atom preconditioner changes the path only."""
+    rng = np.random.default_rng(11)
+    X, y, blocks = language_blocks(rng, n_languages=4, per_language=60, d=50)
+    for k, b in enumerate(blocks):
+        X[b] += 6.0 * rng.normal(size=X.shape[1]) * (k + 1)  # a large offset per language
+    subsets = sweep_subsets(blocks)
+    pairs = slice(2 * len(blocks), None)
+    exact = [fit_logistic_shared(X, y, subsets, tol=1e-10, dtype=np.float64, precondition=p) for p in (1, 0)]
+    for k in (0, 4, len(subsets) - 1):  # a single, a self, a pair
+        ref = sklearn_exact(X[subsets[k]], y[subsets[k]], 1.0)[-1].coef_[0]
+        for fit in exact:
+            np.testing.assert_allclose(fit.coef[k], ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    with_pre = fit_logistic_shared(X, y, subsets)
+    without = fit_logistic_shared(X, y, subsets, precondition=False)
+    assert with_pre.converged.all() and without.converged.all()
+    assert with_pre.n_iter[pairs].mean() < 0.8 * without.n_iter[pairs].mean()
+
+
+def test_margins_carried_across_a_rebuild_equal_recomputed_ones():
+    from cltm.probes.shared_logistic import _Atom, _atoms_of, _Blocks
+
+    rng = np.random.default_rng(4)
+    X, y, blocks = language_blocks(rng, n_languages=3, per_language=20, d=6)
+    subsets = sweep_subsets(blocks) + [np.r_[blocks[0], blocks[2][:7]]]  # atoms of several shapes
+    atoms = [
+        _Atom(X[rows] - X[rows].mean(0), X[rows].mean(0), members, y[rows].astype(float))
+        for rows, members in _atoms_of(subsets, len(X))
+    ]
+    nb = len(subsets)
+    weights = np.ones(nb)
+    everything = _Blocks(atoms, np.arange(nb), nb, weights, weights, 1.0)
+    u, c = rng.normal(size=(nb, X.shape[1])), rng.normal(size=nb)
+    margins = everything.products(u, c)
+    for p, rows in enumerate(subsets):  # the layout itself: every problem's margins are its rows' x . u + c
+        got = margins[everything.problem_of == p]
+        np.testing.assert_allclose(np.sort(got), np.sort(X[rows] @ u[p] + c[p]), atol=1e-9)
+    keep = np.array([1, 3, 5, 6, nb - 1])
+    part = _Blocks(atoms, keep, nb, weights, weights, 1.0)
+    real = part.problem_of < len(keep)  # padding pairs weigh nothing; their margins are never read
+    carried, recomputed = part.carry(margins, everything), part.products(u[keep], c[keep])
+    np.testing.assert_allclose(carried[real], recomputed[real], atol=1e-9)
