@@ -79,6 +79,7 @@ class _Checker:
         if not ok:
             bound = f"of at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
             self.fail(name, f"must be a {'finite ' if finite else ''}number {bound}{why}")
+        object.__setattr__(self.owner, name, float(value))  # numpy scalars become plain floats (JSON attrs)
 
     def integer(self, name: str, *, minimum: int, optional: bool = False, why: str = "") -> None:
         value = getattr(self.owner, name)
@@ -88,6 +89,7 @@ class _Checker:
             self.fail(
                 name, f"must be an integer of at least {minimum}" + (" or None" if optional else "") + why
             )
+        object.__setattr__(self.owner, name, int(value))
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class BatchSettings:
             minimum=MIN_MAX_SECONDS,
             inclusive=True,
             finite=True,
-            why=" (MIN_MAX_SECONDS: shorter windows pool only a few frames each; the default is 60)",
+            why=" (shorter windows pool only a few frames each; the default is 60)",
         )
         check.boolean("trim_silence")
 
