@@ -649,7 +649,9 @@ def _extract_locked(
         writer.put(("fail", entry))
 
     seconds_of = dict(zip(todo.tolist(), np.nan_to_num(durations, nan=0.0).tolist(), strict=True))
-    total_seconds = float(sum(seconds_of[r] for _, batch in plan for r in batch))
+    # summed batch by batch, in the order progressed is: the last report is exactly (total, total)
+    batch_audio = [sum(seconds_of[r] for r in batch) for _, batch in plan]
+    total_seconds = float(sum(batch_audio))
     progressed = 0.0
     report = progress or (lambda done, total: None)
     try:
@@ -683,7 +685,7 @@ def _extract_locked(
                 n_done_now += 1
             if results:
                 writer.put(("journaled", journaled))
-            progressed += sum(seconds_of[it["row"]] for it in items)
+            progressed += batch_audio[batch_index]
             report(progressed, total_seconds)
     finally:  # also on Ctrl-C (or a progress callback that raises): computed rows are written before we stop
         writer.queue.put(None)
