@@ -28,6 +28,7 @@ import torch
 
 from cltm.audio import load_audio
 from cltm.extract import build_tiny_model, extract, load_model
+from cltm.extract.settings import BatchSettings, ExtractSettings, ModelSettings
 
 ARCHS = {
     "tiny": dict(
@@ -140,11 +141,10 @@ def main() -> None:
             manifest,
             model_dir,
             root / "cache.zarr",
-            device=str(device),
-            dtype=args.dtype,
-            num_workers=args.num_workers,
-            batch_seconds=batch_seconds,
-            progress=False,
+            settings=ExtractSettings(
+                model=ModelSettings(device=str(device), dtype=args.dtype),
+                batching=BatchSettings(num_workers=args.num_workers, batch_seconds=batch_seconds),
+            ),
         )
         t_pipe = time.perf_counter() - t0  # includes model loading and cache creation
         assert summary.n_done_now == pl.read_parquet(manifest).height

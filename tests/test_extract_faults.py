@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import polars as pl
 import pytest
 import soundfile as sf
 
-from cltm.extract import build_tiny_model, extract
+from cltm.extract import BatchSettings, ExtractSettings, OutputSettings, build_tiny_model, extract
 from cltm.store import Cache
 from cltm.store.tools import verify_cache
 
@@ -23,6 +24,8 @@ SR = 16000
 N_UTTS = 24
 CLI = str(Path(sys.executable).parent / "cltm")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SERIAL = ExtractSettings(batching=BatchSettings(num_workers=0))
+CHUNKS_OF_3 = ExtractSettings(batching=BatchSettings(num_workers=0), output=OutputSettings(chunk_rows=3))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,7 @@ def setup(tmp_path_factory):
     pl.DataFrame(rows).write_parquet(root / "manifest.parquet")
     model = build_tiny_model(root / "model", norm="layer", seed=0)
     reference = root / "reference.zarr"  # the uninterrupted, single-process run
-    extract(root / "manifest.parquet", model, reference, num_workers=0, progress=False, chunk_rows=3)
+    extract(root / "manifest.parquet", model, reference, settings=CHUNKS_OF_3)
     return root, model, reference
 
 
@@ -55,6 +58,7 @@ def _assert_same_cache(a: Cache, b: Cache) -> None:
 _SLOW_CHILD = """
 import time
 import cltm.extract.runner as runner
+from cltm.extract.settings import BatchSettings, ExtractSettings, OutputSettings
 
 _real = runner.pool_batch
 
@@ -63,8 +67,11 @@ def slow_pool_batch(*args, **kwargs):  # slow the forward down so the parent can
     return _real(*args, **kwargs)
 
 runner.pool_batch = slow_pool_batch
-runner.extract({manifest!r}, {model!r}, {out!r}, num_workers=0, progress=False, chunk_rows=3,
-               window_chunks=1, batch_seconds=1.5, flush_seconds=0.0)
+settings = ExtractSettings(
+    batching=BatchSettings(num_workers=0, batch_seconds=1.5),
+    output=OutputSettings(chunk_rows=3, window_chunks=1, flush_seconds=0.0),
+)
+runner.extract({manifest!r}, {model!r}, {out!r}, settings=settings)
 """
 
 
@@ -112,7 +119,7 @@ def test_sigkill_never_corrupts_and_resume_equals_an_uninterrupted_run(tmp_path,
             rtol=2e-3,
             atol=2e-3,
         )
-    summary = extract(root / "manifest.parquet", model, out, num_workers=0, progress=False)
+    summary = extract(root / "manifest.parquet", model, out, settings=SERIAL)
     assert summary.n_skipped == n_killed and summary.n_done_now == N_UTTS - n_killed
     _assert_same_cache(Cache.open(out), ref)
 
@@ -121,6 +128,7 @@ _DIE_AFTER_TWO_JOURNALED_BATCHES = """
 import os
 import signal
 import cltm.extract.runner as runner
+from cltm.extract.settings import BatchSettings, ExtractSettings, OutputSettings
 
 _real = runner.write_journal
 written = []
@@ -132,8 +140,11 @@ def write_then_die(*args, **kwargs):  # SIGKILL right after the 2nd batch is jou
     return written[-1]
 
 runner.write_journal = write_then_die
-runner.extract({manifest!r}, {model!r}, {out!r}, num_workers=0, progress=False, chunk_rows=3,
-               window_chunks=100, batch_seconds=1.5, flush_seconds=1e9)
+settings = ExtractSettings(
+    batching=BatchSettings(num_workers=0, batch_seconds=1.5),
+    output=OutputSettings(chunk_rows=3, window_chunks=100, flush_seconds=1e9),
+)
+runner.extract({manifest!r}, {model!r}, {out!r}, settings=settings)
 """
 
 
@@ -151,7 +162,7 @@ def test_a_kill_loses_only_the_batch_in_flight(tmp_path, setup):
     journaled_rows = np.concatenate([np.load(p)["rows"] for p in journal])
     pending = verify_cache(Cache.open(out))
     assert pending.ok and any("2 journaled batch(es)" in w for w in pending.warnings)
-    summary = extract(root / "manifest.parquet", model, out, num_workers=0, progress=False)
+    summary = extract(root / "manifest.parquet", model, out, settings=SERIAL)
     assert summary.n_skipped == len(journaled_rows) > 0  # replayed, not recomputed
     assert summary.n_done_now == N_UTTS - len(journaled_rows)
     assert not list((out / "journal").rglob("*.npz"))
@@ -183,9 +194,7 @@ def test_two_shards_in_two_processes_build_one_complete_cache(tmp_path, setup):
     p1 = subprocess.Popen(
         base, env={**ENV, "RANK": "1", "WORLD_SIZE": "2"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    s0 = extract(
-        root / "manifest.parquet", model, out, shard="0/2", num_workers=0, progress=False, chunk_rows=3
-    )
+    s0 = extract(root / "manifest.parquet", model, out, settings=replace(CHUNKS_OF_3, shard="0/2"))
     out1 = p1.communicate(timeout=300)[0].decode()
     assert p1.returncode == 0, out1
     assert "shard 1/2" in out1

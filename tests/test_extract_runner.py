@@ -14,11 +14,12 @@ from transformers import AutoModel, Wav2Vec2FeatureExtractor
 from typer.testing import CliRunner
 
 from cltm.cli import app
-from cltm.extract import build_tiny_model, extract
+from cltm.extract import BatchSettings, ExtractSettings, OutputSettings, build_tiny_model, extract
 from cltm.store import Cache, CacheMismatchError
 from cltm.store.tools import verify_cache
 
 SR = 16000
+SERIAL = ExtractSettings(batching=BatchSettings(num_workers=0))  # decode in this process
 
 
 def _write_corpus(root, n=10, seed=0):
@@ -73,11 +74,10 @@ def test_pooled_stats_equal_hf_hidden_states_of_each_file_alone(tmp_path, corpus
         corpus,
         models[norm],
         out,
-        cache_dtype="float32",
-        batch_seconds=30,
-        num_workers=0,
-        progress=False,
-        chunk_rows=4,
+        settings=ExtractSettings(
+            batching=BatchSettings(batch_seconds=30, num_workers=0),
+            output=OutputSettings(cache_dtype="float32", chunk_rows=4),
+        ),
     )
     assert summary.n_done_now == 10 and summary.n_failed == 0
     cache = Cache.open(out)
@@ -133,10 +133,10 @@ def test_long_files_are_pooled_over_all_windows(tmp_path, models):
         tmp_path / "m.parquet",
         models["layer"],
         tmp_path / "c.zarr",
-        max_seconds=0.5,
-        cache_dtype="float32",
-        num_workers=0,
-        progress=False,
+        settings=ExtractSettings(
+            batching=BatchSettings(max_seconds=0.5, num_workers=0),
+            output=OutputSettings(cache_dtype="float32"),
+        ),
     )
     cache = Cache.open(tmp_path / "c.zarr")
     pieces = [(0, 8000), (8000, 16000), (16000, 24000), (24000, 32000), (32000, n)]
@@ -159,11 +159,10 @@ def test_frame_level_features_and_worker_processes(tmp_path, corpus, models):
         corpus,
         models["layer"],
         out,
-        frames_layers=[1, 3],
-        num_workers=1,
-        batch_seconds=4,
-        progress=False,
-        chunk_rows=3,
+        settings=ExtractSettings(
+            batching=BatchSettings(num_workers=1, batch_seconds=4),
+            output=OutputSettings(frames_layers=(1, 3), chunk_rows=3),
+        ),
     )
     cache = Cache.open(out)
     for row in (0, 7):
@@ -183,33 +182,25 @@ def test_frame_level_features_and_worker_processes(tmp_path, corpus, models):
 
 def test_resume_skips_done_rows_and_matches_an_uninterrupted_run(tmp_path, corpus, models):
     full, part = tmp_path / "full.zarr", tmp_path / "part.zarr"
-    extract(corpus, models["layer"], full, batch_seconds=3, num_workers=0, progress=False, chunk_rows=4)
-    first = extract(
-        corpus,
-        models["layer"],
-        part,
-        batch_seconds=3,
-        num_workers=0,
-        progress=False,
-        chunk_rows=4,
-        max_batches=2,
+    settings = ExtractSettings(
+        batching=BatchSettings(batch_seconds=3, num_workers=0), output=OutputSettings(chunk_rows=4)
     )
+    extract(corpus, models["layer"], full, settings=settings)
+    first = extract(corpus, models["layer"], part, settings=settings, max_batches=2)
     assert 0 < first.n_done_now < 10
-    second = extract(
-        corpus, models["layer"], part, batch_seconds=3, num_workers=0, progress=False, chunk_rows=4
-    )
+    second = extract(corpus, models["layer"], part, settings=settings)
     assert second.n_skipped == first.n_done_now and second.n_done_now == 10 - first.n_done_now
     a, b = Cache.open(full), Cache.open(part)
     assert b.done.all()
     for layer in range(a.n_layers):
         np.testing.assert_allclose(a.read_layer(layer), b.read_layer(layer), rtol=1e-3, atol=1e-3)
-    third = extract(corpus, models["layer"], part, num_workers=0, progress=False)
+    third = extract(corpus, models["layer"], part, settings=SERIAL)
     assert third.n_done_now == 0 and third.n_skipped == 10
     # a lost chunk file: verify names it, --repair marks its rows not done, the same command recomputes them
     (part / "pooled" / "std" / "c" / "2" / "1" / "0").unlink()
     repaired = CliRunner().invoke(app, ["store", "verify", str(part), "--repair"])
     assert repaired.exit_code == 1 and "pooled/std/c/2/1/0" in repaired.output
-    fourth = extract(corpus, models["layer"], part, num_workers=0, progress=False)
+    fourth = extract(corpus, models["layer"], part, settings=SERIAL)
     assert fourth.n_done_now == 4  # rows 4-7
     assert verify_cache(Cache.open(part)).ok
     np.testing.assert_allclose(
@@ -219,15 +210,15 @@ def test_resume_skips_done_rows_and_matches_an_uninterrupted_run(tmp_path, corpu
 
 def test_mismatched_model_or_manifest_is_refused_unless_forced(tmp_path, corpus, models):
     out = tmp_path / "c.zarr"
-    extract(corpus, models["layer"], out, num_workers=0, progress=False)
+    extract(corpus, models["layer"], out, settings=SERIAL)
     with pytest.raises(CacheMismatchError, match="config_hash") as err:
-        extract(corpus, models["other"], out, num_workers=0, progress=False)
+        extract(corpus, models["other"], out, settings=SERIAL)
     assert "model_id" in str(err.value) and "--force" in str(err.value)
     fewer = pl.read_parquet(corpus).head(5)
     fewer_path = corpus.parent / "fewer.parquet"
     fewer.write_parquet(fewer_path)
     with pytest.raises(CacheMismatchError, match="manifest_hash"):
-        extract(fewer_path, models["layer"], out, num_workers=0, progress=False)
+        extract(fewer_path, models["layer"], out, settings=SERIAL)
     # the CLI names the difference and exits non-zero without a traceback
     result = CliRunner().invoke(
         app,
@@ -245,16 +236,17 @@ def test_mismatched_model_or_manifest_is_refused_unless_forced(tmp_path, corpus,
         ],
     )
     assert result.exit_code == 2 and "manifest_hash" in result.output
-    summary = extract(corpus, models["other"], out, num_workers=0, progress=False, force=True)
+    forced = ExtractSettings(batching=BatchSettings(num_workers=0), output=OutputSettings(force=True))
+    summary = extract(corpus, models["other"], out, settings=forced)
     assert summary.n_done_now == 10 and Cache.open(out).dim == 48
 
 
 def test_retrained_weights_saved_over_the_same_directory_are_refused(tmp_path, corpus):
     model_dir = build_tiny_model(tmp_path / "model", seed=0)
-    extract(corpus, model_dir, tmp_path / "c.zarr", num_workers=0, progress=False)
+    extract(corpus, model_dir, tmp_path / "c.zarr", settings=SERIAL)
     build_tiny_model(model_dir, seed=1)  # same config, new weights, same path
     with pytest.raises(CacheMismatchError, match="weights_hash"):
-        extract(corpus, model_dir, tmp_path / "c.zarr", num_workers=0, progress=False)
+        extract(corpus, model_dir, tmp_path / "c.zarr", settings=SERIAL)
 
 
 def _bad_corpus(root):
@@ -315,10 +307,10 @@ def test_fbank_baseline_through_the_runner(tmp_path, corpus):
         corpus,
         "fbank",
         tmp_path / "fb.zarr",
-        num_workers=0,
-        progress=False,
-        cache_dtype="float32",
-        pool=("mean",),
+        settings=ExtractSettings(
+            batching=BatchSettings(num_workers=0),
+            output=OutputSettings(cache_dtype="float32", pool=("mean",)),
+        ),
     )
     cache = Cache.open(tmp_path / "fb.zarr")
     assert (cache.n_layers, cache.dim) == (1, 80) and cache.done.all()

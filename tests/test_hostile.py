@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from cltm.cli import app
 from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE
-from cltm.extract import extract
+from cltm.extract import BatchSettings, ExtractSettings, OutputSettings, extract
 
 SR = 16000
 
@@ -119,10 +119,9 @@ def _cache(root: Path) -> None:
         root / "corpus" / "manifest.parquet",
         "fbank",
         root / "feats.zarr",
-        num_workers=0,
-        progress=False,
-        chunk_rows=2,
-        pool=("mean",),
+        settings=ExtractSettings(
+            batching=BatchSettings(num_workers=0), output=OutputSettings(chunk_rows=2, pool=("mean",))
+        ),
     )
 
 

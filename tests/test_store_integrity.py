@@ -21,7 +21,14 @@ import polars as pl
 import pytest
 import soundfile as sf
 
-from cltm.extract import build_tiny_model, extract
+from cltm.extract import (
+    BatchSettings,
+    ExtractSettings,
+    ModelSettings,
+    OutputSettings,
+    build_tiny_model,
+    extract,
+)
 from cltm.store import Cache, CacheError, CacheMismatchError, open_or_create
 from cltm.store.checksums import read_checksums
 from cltm.store.lock import CacheLockedError, shard_lock
@@ -42,9 +49,15 @@ def _corpus(root: Path, n: int = 6, seed: int = 0) -> Path:
     return root / "manifest.parquet"
 
 
-def _fbank(manifest, out, **kw):
-    kw = {"num_workers": 0, "progress": False, "chunk_rows": 2, "pool": ("mean",), **kw}
-    return extract(manifest, "fbank", out, **kw)
+def _fbank(manifest, out, *, dtype="float32", shard=None, max_batches=None, **output):
+    """An fbank extraction with test-sized settings; ``output``: OutputSettings fields to override."""
+    settings = ExtractSettings(
+        model=ModelSettings(dtype=dtype),
+        batching=BatchSettings(num_workers=0),
+        output=OutputSettings(**{"chunk_rows": 2, "pool": ("mean",), **output}),
+        shard=shard,
+    )
+    return extract(manifest, "fbank", out, settings=settings, max_batches=max_batches)
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -334,8 +347,15 @@ def test_truncated_audio_and_segments_past_the_end_are_recorded_failures(tmp_pat
 
 def test_max_seconds_floor_and_empty_manifest(tmp_path):
     manifest = _corpus(tmp_path, n=2)
-    with pytest.raises(ValueError, match="max_seconds 0.001 is below 0.5"):
-        _fbank(manifest, tmp_path / "c.zarr", max_seconds=0.001)
+    with pytest.raises(
+        ValueError, match=r"max_seconds: must be a finite number of at least 0\.5.*got 0\.001"
+    ):
+        extract(
+            manifest,
+            "fbank",
+            tmp_path / "c.zarr",
+            settings=ExtractSettings(batching=BatchSettings(max_seconds=0.001)),
+        )
     pl.read_parquet(manifest).head(0).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(ValueError, match="empty.parquet has no rows"):
         _fbank(tmp_path / "empty.parquet", tmp_path / "e.zarr")
@@ -351,7 +371,8 @@ def test_all_zero_rows_are_failures_so_extract_and_verify_agree(tmp_path):
         {"utt_id": ["silence", "noise"], "path": ["silence.wav", "noise.wav"], "language": ["en", "en"]}
     ).write_parquet(tmp_path / "m.parquet")
     model = build_tiny_model(tmp_path / "model", seed=0)  # zero biases: silence gives all-zero hidden states
-    summary = extract(tmp_path / "m.parquet", model, tmp_path / "c.zarr", num_workers=0, progress=False)
+    serial = ExtractSettings(batching=BatchSettings(num_workers=0))
+    summary = extract(tmp_path / "m.parquet", model, tmp_path / "c.zarr", settings=serial)
     assert summary.n_done_now == 1 and summary.failures["utt_id"].to_list() == ["silence"]
     assert "all-zero pooled mean at layer(s) 0" in summary.failures["error"][0]
     cache = Cache.open(tmp_path / "c.zarr")
@@ -414,14 +435,17 @@ def test_a_second_run_is_refused_and_kill_9_leaves_a_cache_that_verifies_after_r
             f"""
             import time
             import cltm.extract.runner as runner
+            from cltm.extract.settings import BatchSettings, ExtractSettings, OutputSettings
             real = runner.pool_batch
             def slow(*a, **k):
                 time.sleep(0.8)
                 return real(*a, **k)
             runner.pool_batch = slow
-            runner.extract({str(manifest)!r}, "fbank", {str(out)!r}, num_workers=0, progress=False,
-                           chunk_rows=2, window_chunks=1, batch_seconds=0.5, flush_seconds=0.0,
-                           pool=("mean",))
+            settings = ExtractSettings(
+                batching=BatchSettings(num_workers=0, batch_seconds=0.5),
+                output=OutputSettings(chunk_rows=2, window_chunks=1, flush_seconds=0.0, pool=("mean",)),
+            )
+            runner.extract({str(manifest)!r}, "fbank", {str(out)!r}, settings=settings)
             """
         )
     )

@@ -154,7 +154,19 @@ def run_demo(
     sources = {TINY_MODEL_NAME: model_dir, "fbank": FBANK_ID}
     for name, cache_path in caches.items():
         _say(log, f"[3/5] extract: {name} -> {cache_path}")
-        summary = extract(manifest, sources[name], cache_path, device="cpu", num_workers=0, progress=progress)
+        from cltm.extract.settings import BatchSettings, ExtractSettings, ModelSettings
+        from cltm.progress import counting_progress
+
+        settings = ExtractSettings(model=ModelSettings(device="cpu"), batching=BatchSettings(num_workers=0))
+        with counting_progress("audio s", title=f"extract {name}", enabled=progress) as bar:
+            task = bar.add_task(name, total=None)
+            summary = extract(
+                manifest,
+                sources[name],
+                cache_path,
+                settings=settings,
+                progress=lambda done, total, b=bar, t=task: b.update(t, completed=done, total=total),
+            )
         if summary.n_failed:
             _say(log, f"      {summary.n_failed} utterance(s) failed; see `cltm store info {cache_path}`")
     seconds["extract"] = time.perf_counter() - t0

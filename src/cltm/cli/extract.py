@@ -13,10 +13,21 @@ from pathlib import Path
 import typer
 
 from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
+from cltm.extract.settings import (  # no torch: the defaults are read here, the run is imported on use
+    MIN_MAX_SECONDS,
+    BatchSettings,
+    ExtractSettings,
+    ModelSettings,
+    OutputSettings,
+    SettingsError,
+    parse_shard,
+)
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EDQUOT}
 
 ORDER = 20
+# the options' defaults are the settings' defaults (one place)
+_MODEL, _BATCH, _OUTPUT = ModelSettings(), BatchSettings(), OutputSettings()
 
 
 def _csv_ints(text: str | None, option: str) -> list[int]:
@@ -36,34 +47,42 @@ def extract_command(
         help="HF model id (e.g. utter-project/mHuBERT-147), a local model directory, or 'fbank'.",
     ),
     out: Path = typer.Option(..., "--out", help="Cache directory to create or resume (e.g. feats.zarr)."),
-    revision: str | None = typer.Option(None, "--revision", help="Model revision (branch, tag or commit)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto = cuda when available)."),
+    revision: str | None = typer.Option(
+        _MODEL.revision, "--revision", help="Model revision (branch, tag or commit)."
+    ),
+    device: str = typer.Option(
+        _MODEL.device, "--device", help="auto | cpu | cuda (auto = cuda when available)."
+    ),
     dtype: str = typer.Option(
-        "float32", "--dtype", help="Compute precision: float32 | float16 | bfloat16 (autocast)."
+        _MODEL.dtype, "--dtype", help="Compute precision: float32 | float16 | bfloat16 (autocast)."
     ),
     batch_seconds: float = typer.Option(
-        120.0, "--batch-seconds", help="Audio seconds per batch (utterances are sorted by length first)."
+        _BATCH.batch_seconds,
+        "--batch-seconds",
+        help="Audio seconds per batch (utterances are sorted by length first).",
     ),
     num_workers: int | None = typer.Option(
-        None,
+        _BATCH.num_workers,
         "--num-workers",
         help="DataLoader worker processes for decoding (default: 2 on CPU, up to 8 on a GPU).",
     ),
-    pool: str = typer.Option("mean,std", "--pool", help="Pooled statistics to store: mean, std or mean,std."),
+    pool: str = typer.Option(
+        ",".join(_OUTPUT.pool), "--pool", help="Pooled statistics to store: mean, std or mean,std."
+    ),
     frames_layers: str | None = typer.Option(
         None, "--frames-layers", help="Also store frame-level features of these layers, e.g. 6,9."
     ),
     trim_silence: bool = typer.Option(
-        False, "--trim-silence", help="Cut leading/trailing silence before encoding."
+        _BATCH.trim_silence, "--trim-silence", help="Cut leading/trailing silence before encoding."
     ),
     max_seconds: float = typer.Option(
-        60.0,
+        _BATCH.max_seconds,
         "--max-seconds",
-        help="Files longer than this are encoded in windows of this length (at least 0.5).",
+        help=f"Files longer than this are encoded in windows of this length (at least {MIN_MAX_SECONDS}).",
     ),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any input failed."),
     force: bool = typer.Option(
-        False,
+        _OUTPUT.force,
         "--force",
         help="Rebuild a cache made from another model/revision/manifest/dtype (default: refuse); "
         "on a matching cache, re-extract this shard's rows. Deletes only a directory that is provably a "
@@ -73,16 +92,20 @@ def extract_command(
         None, "--shard", help="k/n: extract shard k (from 0) of n. Default: RANK/WORLD_SIZE env (torchrun)."
     ),
     trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Allow model code from the hub repository (off by default)."
+        _MODEL.trust_remote_code,
+        "--trust-remote-code",
+        help="Allow model code from the hub repository (off by default).",
     ),
     flush_seconds: float = typer.Option(
-        60.0,
+        _OUTPUT.flush_seconds,
         "--flush-seconds",
         help="Write journaled rows into the cache chunks at least this often (a crash loses at most the "
         "batch in flight either way: finished batches are journaled first).",
     ),
     chunk_rows: int = typer.Option(
-        512, "--chunk-rows", help="Rows per cache chunk (new caches only); shards own whole chunks."
+        _OUTPUT.chunk_rows,
+        "--chunk-rows",
+        help="Rows per cache chunk (new caches only); shards own whole chunks.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -94,7 +117,8 @@ def extract_command(
     from rich.console import Console
 
     from cltm.corpus import ManifestError
-    from cltm.extract.runner import MIN_MAX_SECONDS, extract, parse_shard
+    from cltm.extract.runner import extract
+    from cltm.progress import counting_progress
     from cltm.store import CacheError
     from cltm.store.lock import CacheLockedError
 
@@ -105,50 +129,53 @@ def extract_command(
     except ImportError:
         pass
     console = Console(stderr=True)
-    pools = [p.strip() for p in pool.split(",") if p.strip()]
-    if not pools or any(p not in ("mean", "std") for p in pools):
-        raise fail(f"--pool: use mean, std or mean,std; got {pool!r}")
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise fail(f"--dtype: use float32, float16 or bfloat16; got {dtype!r}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise fail(f"--device: use auto, cpu or cuda; got {device!r}")
-    if chunk_rows < 1:
-        raise fail("--chunk-rows: must be at least 1")
-    if not batch_seconds > 0:
-        raise fail(f"--batch-seconds: must be positive; got {batch_seconds}")
-    if not max_seconds >= MIN_MAX_SECONDS:
-        raise fail(
-            f"--max-seconds {max_seconds}: must be at least {MIN_MAX_SECONDS} (shorter windows pool only "
-            "a few frames each; the default is 60)"
-        )
+    pools = tuple(p.strip() for p in pool.split(",") if p.strip())
+    layers = _csv_ints(frames_layers, "--frames-layers")
+    raw = {"pool": pool, "frames_layers": frames_layers, "shard": shard}  # as typed, for the messages
     try:
-        shard_kn = parse_shard(shard)
+        shard_kn = parse_shard(shard)  # RANK/WORLD_SIZE are read (and checked) here when --shard is absent
     except ValueError as err:
         raise fail(f"--shard: {err}") from None
+    try:
+        settings = ExtractSettings(
+            model=ModelSettings(
+                revision=revision, trust_remote_code=trust_remote_code, device=device, dtype=dtype
+            ),
+            batching=BatchSettings(
+                batch_seconds=batch_seconds,
+                num_workers=num_workers,
+                max_seconds=max_seconds,
+                trim_silence=trim_silence,
+            ),
+            output=OutputSettings(
+                pool=pools,
+                frames_layers=tuple(layers),
+                chunk_rows=chunk_rows,
+                flush_seconds=flush_seconds,
+                force=force,
+            ),
+            shard=shard_kn,
+        )
+    except SettingsError as err:  # the option's name and the value as typed, not the dataclass field
+        option = "--" + err.field.replace("_", "-")
+        raise fail(f"{option}: {err.rule}; got {raw.get(err.field, err.value)!r}") from None
     if not manifest.is_file():
         raise fail(f"--manifest: {manifest} does not exist" + (" (a directory)" if manifest.is_dir() else ""))
-    layers = _csv_ints(frames_layers, "--frames-layers")
+    bar = counting_progress(
+        "audio s", title="[bold]{task.description}", console=console, enabled=not quiet, transient=False
+    )
+    label = f"extract shard {shard_kn[0]}/{shard_kn[1]}" if shard_kn[1] > 1 else "extract"
+
+    def advance(done: float, total: float) -> None:  # the runner's progress(done_seconds, total_seconds)
+        if not bar.task_ids:  # added at the first call: no empty bar while the model loads
+            bar.add_task(label, total=max(total, 1e-9))
+        task = bar.tasks[0]
+        speed = f" · {done / task.elapsed:.0f}x real time" if task.elapsed and done > 0 else ""
+        bar.update(task.id, completed=done, total=max(total, 1e-9), description=label + speed)
+
     try:
-        summary = extract(
-            manifest,
-            model,
-            out,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            device=device,
-            dtype=dtype,
-            batch_seconds=batch_seconds,
-            num_workers=num_workers,
-            pool=pools,
-            frames_layers=layers,
-            trim_silence=trim_silence,
-            force=force,
-            shard=shard_kn,
-            max_seconds=max_seconds,
-            flush_seconds=flush_seconds,
-            chunk_rows=chunk_rows,
-            progress=not quiet,
-        )
+        with bar:
+            summary = extract(manifest, model, out, settings=settings, progress=advance)
     except CacheLockedError as err:
         raise fail(str(err), EXIT_FAILED) from None
     except (CacheError, ManifestError, ValueError) as err:

@@ -2,6 +2,9 @@
 
 How a run goes:
 
+Settings come as one :class:`cltm.extract.settings.ExtractSettings` (validated when built); progress goes to a
+callback (``progress(done_seconds, total_seconds)``), never to the terminal.
+
 1. Rows this process owns: the cache's row chunks (C rows each) are dealt round-robin to ``n`` shards, so two
    writers never touch the same chunk file. Rows already ``done`` are skipped (resume).
 2. The owned rows are processed window by window (a few chunks at a time, in cache order); inside a window
@@ -36,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,18 @@ import polars as pl
 import torch
 
 from cltm.extract.models import LoadedModel, load_model, windows
+from cltm.extract.settings import (  # noqa: F401 (MIN_MAX_SECONDS: re-exported, its old home)
+    MIN_MAX_SECONDS,
+    BatchSettings,
+    ExtractSettings,
+    ModelSettings,
+    OutputSettings,
+    ProgressCallback,
+    parse_shard,
+)
 from cltm.fileio import atomic_write
 from cltm.store.cache import Cache, open_or_create
 from cltm.store.lock import shard_lock
-
-# shorter windows pool a handful of frames (--max-seconds 0.001 cut a file into one-frame windows)
-MIN_MAX_SECONDS = 0.5
 
 # failure stages: "decode" (cltm.audio could not give samples), "forward" (the model failed or gave NaN/inf)
 
@@ -77,24 +86,6 @@ class ExtractionSummary:
     @property
     def realtime_factor(self) -> float:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else float("nan")
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    """``"k/n"`` (k counts from 0) -> (k, n); None -> RANK/WORLD_SIZE from the environment (torchrun)."""
-    if spec is None or spec == "":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"RANK={rank} / WORLD_SIZE={world} from the environment are not a valid shard")
-        return rank, world
-    try:
-        k_text, n_text = spec.split("/")
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        raise ValueError(f"shard must look like k/n (e.g. 0/4), got {spec!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise ValueError(f"shard {spec!r}: need 0 <= k < n (k counts from 0)")
-    return k, n
 
 
 def owned_chunks(n_chunks: int, shard: tuple[int, int]) -> np.ndarray:
@@ -440,6 +431,7 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# autocast dtype of each of cltm.extract.settings.COMPUTE_DTYPES (float32: no autocast)
 _DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -451,54 +443,72 @@ def _read_input_manifest(manifest: str | Path | pl.DataFrame) -> pl.DataFrame:
     return read_manifest(manifest)
 
 
+_GROUPS = {"model": ModelSettings, "batching": BatchSettings, "output": OutputSettings}
+
+
+def _refuse_old_keywords(old: dict[str, Any]) -> None:
+    """extract() took 22 keywords once; say where each one lives now instead of a bare TypeError."""
+    hints = []
+    for name in old:
+        group = next((g for g, cls in _GROUPS.items() if name in {f.name for f in fields(cls)}), None)
+        if group is not None:
+            hints.append(
+                f"{name}= -> settings=ExtractSettings({group}={_GROUPS[group].__name__}({name}=...))"
+            )
+        elif name == "shard":
+            hints.append("shard= -> settings=ExtractSettings(shard=...)")
+        else:
+            raise TypeError(f"extract() got an unexpected keyword argument {name!r}")
+    if hints:
+        raise TypeError("extract() takes its settings as one ExtractSettings object: " + "; ".join(hints))
+
+
 def extract(
     manifest: str | Path | pl.DataFrame,
     model: str | Path | LoadedModel,
     out: str | Path,
     *,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    device: str = "auto",
-    dtype: str = "float32",
-    batch_seconds: float = 120.0,
-    num_workers: int | None = None,
-    pool: Sequence[str] = ("mean", "std"),
-    frames_layers: Sequence[int] = (),
-    trim_silence: bool = False,
-    force: bool = False,
-    shard: str | tuple[int, int] | None = None,
-    max_seconds: float = 60.0,
-    chunk_rows: int = 512,
-    window_chunks: int = 4,
-    flush_seconds: float = 60.0,
-    cache_dtype: str = "float16",
-    use_attention_mask: bool | None = None,
-    progress: bool = True,
+    settings: ExtractSettings | None = None,
+    progress: ProgressCallback | None = None,
     max_batches: int | None = None,
+    **old_keywords: Any,
 ) -> ExtractionSummary:
     """Extract pooled hidden states of every layer for every manifest row into the cache at ``out``.
 
+    ``settings`` (:class:`cltm.extract.settings.ExtractSettings`; default: ``cltm extract``'s defaults) holds
+    model loading and compute, batching and audio, the cache's contents and writing, and the shard.
+    ``progress(done_seconds, total_seconds)`` is called before the first batch and after every batch (audio
+    seconds; see :data:`cltm.extract.settings.ProgressCallback`); this function draws nothing.
+    ``max_batches`` stops after that many batches (tests, benchmarks).
+
     Resumes when ``out`` already holds a cache of the same model/revision/config/manifest/dtype/frames layers
     (done rows are skipped); a cache of anything else is refused (:class:`cltm.store.CacheMismatchError`)
-    unless ``force``, which deletes only a provable cltm cache. The shard's writer lock is held throughout
-    (:class:`cltm.store.lock.CacheLockedError` if another live process holds it). Unusable inputs go to the
-    cache's failure table and the run goes on. ``shard`` ("k/n" or (k, n); default RANK/WORLD_SIZE from the
-    environment) extracts only the chunks that shard owns. An empty manifest and ``max_seconds`` below
-    :data:`MIN_MAX_SECONDS` raise ValueError. ``max_batches`` stops early (tests, benchmarks). Returns an
-    :class:`ExtractionSummary`.
+    unless ``settings.output.force``, which deletes only a provable cltm cache. The shard's writer lock is
+    held throughout (:class:`cltm.store.lock.CacheLockedError` if another live process holds it). Unusable
+    inputs go to the cache's failure table and the run goes on. ``settings.shard`` (default RANK/WORLD_SIZE
+    from the environment) extracts only the chunks that shard owns. An empty manifest, frames layers the
+    model does not have and a bad ``max_batches`` raise ValueError (bad settings already did when they were
+    built: :class:`cltm.extract.settings.SettingsError`). Returns an :class:`ExtractionSummary`.
     """
     import cltm
     from cltm.corpus import manifest_hash
 
     t0 = time.perf_counter()
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if not max_seconds >= MIN_MAX_SECONDS:
-        raise ValueError(
-            f"max_seconds {max_seconds} is below {MIN_MAX_SECONDS} s: windows that short pool only a few "
-            "frames each (the default is 60 s)"
+    if isinstance(progress, bool):
+        raise TypeError(
+            "extract(): progress is a callback progress(done_seconds, total_seconds) or None, not a bool; "
+            "the library draws no bar (the CLI draws one with cltm.progress)"
         )
-    k, n = shard if isinstance(shard, tuple) else parse_shard(shard)
+    _refuse_old_keywords(old_keywords)
+    settings = ExtractSettings() if settings is None else settings
+    if not isinstance(settings, ExtractSettings):
+        raise TypeError(f"extract(): settings must be an ExtractSettings, got {type(settings).__name__}")
+    if progress is not None and not callable(progress):
+        raise TypeError("extract(): progress must be callable as progress(done_seconds, total_seconds)")
+    if max_batches is not None and not (isinstance(max_batches, int) and max_batches >= 0):
+        raise ValueError(f"max_batches: must be an integer of at least 0 or None; got {max_batches!r}")
+    load, out_settings = settings.model, settings.output
+    k, n = parse_shard(settings.shard)  # a tuple already, or None: from the environment
     table = _read_input_manifest(manifest)
     if table.height == 0:
         where = "the manifest" if isinstance(manifest, pl.DataFrame) else str(manifest)
@@ -507,26 +517,27 @@ def extract(
     loaded = (
         model
         if isinstance(model, LoadedModel)
-        else load_model(model, revision=revision, trust_remote_code=trust_remote_code)
+        else load_model(model, revision=load.revision, trust_remote_code=load.trust_remote_code)
     )
-    bad_layers = [x for x in frames_layers if not 0 <= int(x) < loaded.n_layers]
+    bad_layers = [x for x in out_settings.frames_layers if not 0 <= x < loaded.n_layers]
     if bad_layers:
         raise ValueError(
             f"frames layers {bad_layers} out of range: the model has {loaded.n_layers} hidden states"
         )
+    attention_mask = load.use_attention_mask
     attrs = {
         "model_id": loaded.model_id,
         "revision": loaded.revision,
         "config_hash": loaded.config_hash,
         "weights_hash": loaded.weights_hash,
         "manifest_hash": mhash,
-        "trim_silence": bool(trim_silence),
+        "trim_silence": bool(settings.batching.trim_silence),
         "sampling_rate": loaded.sampling_rate,
         "hidden_state_definition": loaded.hidden_state_definition,
         "do_normalize": loaded.do_normalize,
-        "attention_mask": loaded.return_attention_mask if use_attention_mask is None else use_attention_mask,
-        "max_seconds": float(max_seconds),
-        "compute_dtype": dtype,
+        "attention_mask": loaded.return_attention_mask if attention_mask is None else attention_mask,
+        "max_seconds": float(settings.batching.max_seconds),
+        "compute_dtype": load.dtype,
         "pooling_definition": "mean and population std over valid (unpadded) frames of the whole file",
         "tool": f"cltm {cltm.__version__}",
         "model_info": loaded.extra,
@@ -537,11 +548,11 @@ def extract(
         n_layers=loaded.n_layers,
         dim=loaded.hidden_size,
         attrs=attrs,
-        pooling=tuple(pool),
-        dtype=cache_dtype,
-        chunk_rows=chunk_rows,
-        frames_layers=frames_layers,
-        force=force,
+        pooling=out_settings.pool,
+        dtype=out_settings.cache_dtype,
+        chunk_rows=out_settings.chunk_rows,
+        frames_layers=out_settings.frames_layers,
+        force=out_settings.force,
     )
     tag = f"shard-{k}-of-{n}"
     lock = shard_lock(cache.path, tag).acquire()  # raises CacheLockedError naming the running writer
@@ -554,17 +565,7 @@ def extract(
             (k, n),
             t0,
             out=out,
-            force=force,
-            device=device,
-            dtype=dtype,
-            batch_seconds=batch_seconds,
-            num_workers=num_workers,
-            frames_layers=frames_layers,
-            trim_silence=trim_silence,
-            max_seconds=max_seconds,
-            window_chunks=window_chunks,
-            flush_seconds=flush_seconds,
-            use_attention_mask=use_attention_mask,
+            settings=settings,
             progress=progress,
             max_batches=max_batches,
         )
@@ -581,26 +582,17 @@ def _extract_locked(
     t0: float,
     *,
     out: str | Path,
-    force: bool,
-    device: str,
-    dtype: str,
-    batch_seconds: float,
-    num_workers: int | None,
-    frames_layers: Sequence[int],
-    trim_silence: bool,
-    max_seconds: float,
-    window_chunks: int,
-    flush_seconds: float,
-    use_attention_mask: bool | None,
-    progress: bool,
+    settings: ExtractSettings,
+    progress: ProgressCallback | None,
     max_batches: int | None,
 ) -> ExtractionSummary:
     """The run itself, with the shard's writer lock held."""
     k, n = shard
+    load, batching, output = settings.model, settings.batching, settings.output
     n_rows = cache.n_rows
     owned = np.fromiter(iter_owned_rows(cache, (k, n)), dtype=np.int64)
     journal = journal_dir(cache, tag)
-    if force:  # a matching cache with --force: redo this shard's rows
+    if output.force:  # a matching cache with --force: redo this shard's rows
         shutil.rmtree(journal, ignore_errors=True)
         cache.reset_rows(owned)
     elif journal.exists():
@@ -610,23 +602,28 @@ def _extract_locked(
     n_skipped = int(len(owned) - len(todo))
     durations = header_durations(table, todo) if len(todo) else np.zeros(0)
     plan = plan_batches(
-        todo, durations, cache.chunk_of(todo), batch_seconds=batch_seconds, window_chunks=window_chunks
+        todo,
+        durations,
+        cache.chunk_of(todo),
+        batch_seconds=batching.batch_seconds,
+        window_chunks=output.window_chunks,
     )
     if max_batches is not None:
         plan = plan[:max_batches]
-    writer = _Writer(cache, tag, flush_seconds, cache.pooling)
-    dev = _resolve_device(device)
+    writer = _Writer(cache, tag, output.flush_seconds, cache.pooling)
+    dev = _resolve_device(load.device)
+    num_workers = batching.num_workers
     if num_workers is None:  # a GPU eats batches faster than 2 decoders deliver them (mp3 + resampling)
         num_workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if dev.type == "cuda" else 2
     loaded.to(dev)
-    autocast_dtype = _DTYPES[dtype]
+    autocast_dtype = _DTYPES[load.dtype]
     dataset = _DecodeDataset(
         table,
         sampling_rate=loaded.sampling_rate,
         normalize=loaded.normalize,
         min_samples=loaded.min_samples,
-        max_samples=int(max_seconds * loaded.sampling_rate),
-        trim_silence=trim_silence,
+        max_samples=int(batching.max_seconds * loaded.sampling_rate),
+        trim_silence=batching.trim_silence,
     )
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -644,7 +641,7 @@ def _extract_locked(
     run_failures: list[dict[str, str]] = []
     seconds_done = 0.0
     n_done_now = 0
-    max_piece_samples = int(batch_seconds * loaded.sampling_rate)
+    max_piece_samples = int(batching.batch_seconds * loaded.sampling_rate)
 
     def fail(row: int, stage: str, error: str) -> None:
         entry = {"utt_id": str(utt_ids[row]), "stage": stage, "error": error}
@@ -652,42 +649,47 @@ def _extract_locked(
         writer.put(("fail", entry))
 
     seconds_of = dict(zip(todo.tolist(), np.nan_to_num(durations, nan=0.0).tolist(), strict=True))
-    total_seconds = float(sum(seconds_of[r] for _, batch in plan for r in batch))
-    with _progress(progress, total_seconds, f"extract {tag}" if n > 1 else "extract") as advance:
-        try:
-            last_window = None
-            for batch_index, ((window, _), items) in enumerate(zip(plan, batches, strict=True)):
-                if last_window is not None and window != last_window:
-                    writer.put(("flush", None))  # a window is finished: its chunks are written once
-                last_window = window
-                ok = []
-                for item in items:
-                    if "error" in item:
-                        fail(item["row"], "decode", item["error"])
-                    else:
-                        ok.append(item)
-                results = _forward_items(
-                    loaded,
-                    ok,
-                    dev,
-                    autocast_dtype,
-                    frames_layers,
-                    use_attention_mask,
-                    max_piece_samples,
-                    fail,
-                )
-                if results:  # on disk before the writer sees it: a kill now loses only the next batch
-                    journaled = write_journal(journal, batch_index, results, cache.pooling, writer.dtype)
-                for row, seconds, stats, nf, frames in results:
-                    writer.put(("row", (row, stats, nf, seconds, frames)))
-                    seconds_done += seconds
-                    n_done_now += 1
-                if results:
-                    writer.put(("journaled", journaled))
-                advance(sum(seconds_of[it["row"]] for it in items))
-        finally:  # also on Ctrl-C: rows already computed are written before we stop
-            writer.queue.put(None)
-            writer.join()
+    # summed batch by batch, in the order progressed is: the last report is exactly (total, total)
+    batch_audio = [sum(seconds_of[r] for r in batch) for _, batch in plan]
+    total_seconds = float(sum(batch_audio))
+    progressed = 0.0
+    report = progress or (lambda done, total: None)
+    try:
+        report(0.0, total_seconds)
+        last_window = None
+        for batch_index, ((window, _), items) in enumerate(zip(plan, batches, strict=True)):
+            if last_window is not None and window != last_window:
+                writer.put(("flush", None))  # a window is finished: its chunks are written once
+            last_window = window
+            ok = []
+            for item in items:
+                if "error" in item:
+                    fail(item["row"], "decode", item["error"])
+                else:
+                    ok.append(item)
+            results = _forward_items(
+                loaded,
+                ok,
+                dev,
+                autocast_dtype,
+                output.frames_layers,
+                load.use_attention_mask,
+                max_piece_samples,
+                fail,
+            )
+            if results:  # on disk before the writer sees it: a kill now loses only the next batch
+                journaled = write_journal(journal, batch_index, results, cache.pooling, writer.dtype)
+            for row, seconds, stats, nf, frames in results:
+                writer.put(("row", (row, stats, nf, seconds, frames)))
+                seconds_done += seconds
+                n_done_now += 1
+            if results:
+                writer.put(("journaled", journaled))
+            progressed += batch_audio[batch_index]
+            report(progressed, total_seconds)
+    finally:  # also on Ctrl-C (or a progress callback that raises): computed rows are written before we stop
+        writer.queue.put(None)
+        writer.join()
     if writer.error is not None:
         raise RuntimeError(f"writing to the cache {out} failed: {writer.error}") from writer.error
     failures = pl.DataFrame(run_failures, schema=dict.fromkeys(("utt_id", "stage", "error"), pl.Utf8))
@@ -775,44 +777,6 @@ def _forward_items(
         stats = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
         out.append((row, float(items[i]["seconds"]), stats, n, frames))
     return out
-
-
-class _progress:
-    """A rich progress bar in audio seconds (speed shown as audio-hours per second and x real time)."""
-
-    def __init__(self, enabled: bool, total_seconds: float, label: str):
-        self.enabled, self.total, self.label = enabled, total_seconds, label
-
-    def __enter__(self) -> Callable[[float], None]:
-        if not self.enabled:
-            return lambda _s: None
-        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-        from rich.text import Text
-
-        class _Speed(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                elapsed = task.elapsed or 0.0
-                speed = task.completed / elapsed if elapsed > 0 else None
-                if not speed:
-                    return Text("-- audio-h/s", style="progress.data.speed")
-                return Text(f"{speed / 3600:.3f} audio-h/s ({speed:.0f}x RT)", style="progress.data.speed")
-
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} s"),
-            _Speed(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=max(self.total, 1e-9))
-        return lambda s: self._bar.advance(task, s)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.stop()
 
 
 def iter_owned_rows(cache: Cache, shard: tuple[int, int]) -> Iterator[int]:
