@@ -43,9 +43,9 @@ from cltm.finetune.runs import (
 )
 from cltm.finetune.train import TrainSettings, embed_utterances, predict_logits, train_classifier
 from cltm.progress import counting_progress
+from cltm.tasks import VERIFICATION_TASKS  # task facts live in cltm.tasks
 
 FINETUNE_CONDITIONS: tuple[str, ...] = ("single", "self", "pair")
-VERIFICATION_TASKS = frozenset({"speaker"})
 
 
 # --- choosing cells
@@ -242,11 +242,10 @@ def run_one(
     column = label_column(task)
     if column not in manifest.columns:
         raise FinetuneError(f"the manifest has no {column!r} column for task {task!r}")
-    labels = manifest[column].cast(pl.String)
-    if column == "gender":  # the planner classifies normalised genders; train on the same values
-        from cltm.corpus.manifest import normalize_genders
+    from cltm.tasks import get_task
 
-        labels = normalize_genders(labels)
+    # the planner classifies normalised labels (tasks.py); train on the same values
+    labels = get_task(task, label=column).normalise(manifest[column]).cast(pl.String)
     train_rows = np.asarray(plan.train_rows, dtype=np.int64)
     train_values = labels.gather(train_rows).to_list()
     verification = task in VERIFICATION_TASKS

@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 
 from cltm.fileio import stable_hash
+from cltm.tasks import get_task
 from cltm.transfer.conditions import (
-    VERIFICATION_TASKS,
     LanguagePlan,
     plan_languages,
     seed_list,
@@ -324,7 +324,8 @@ def run_matrix(
         raise ValueError(f"parallel must be one of {PARALLEL_BACKENDS}, got {parallel!r}")
     if solver not in LOGISTIC_SOLVERS:
         raise ValueError(f"solver must be one of {LOGISTIC_SOLVERS}, got {solver!r}")
-    kind = "verification" if task in VERIFICATION_TASKS else "classification"
+    task_spec = get_task(task, manifest, label=label)
+    kind = task_spec.kind
     spec = get_probe(probe, kind)
     seeds_ = seed_list(seeds)
 
@@ -349,16 +350,8 @@ def run_matrix(
     )
     label_col = task_label(task, label)
     if kind == "classification":
-        from cltm.transfer.conditions import GENDER_CLASSES
-
-        if label_col == "gender":
-            from cltm.corpus.manifest import normalize_genders
-
-            values = normalize_genders(manifest["gender"])
-            classes = list(GENDER_CLASSES)
-        else:
-            values = manifest[label_col]
-            classes = sorted(values.drop_nulls().unique().to_list(), key=str)
+        values = task_spec.labels(manifest)
+        classes = task_spec.class_list(manifest)
         code = {c: k for k, c in enumerate(classes)}
         labels = np.array([code.get(v, -1) for v in values.to_list()], dtype=np.int64)
         n_classes = len(classes)
