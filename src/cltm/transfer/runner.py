@@ -649,6 +649,30 @@ def per_class_recall(confusion: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def layer_scores(result: MatrixResult, conditions: Sequence[str] = ("single",)) -> pl.DataFrame:
+    """The per-layer study view of a run: per (layer, condition, target, donor) the mean of every metric over
+    seeds x folds, its standard error (``<metric>_se``, ddof=1 / sqrt(runs); null for one run), the number of
+    runs and of test utterances (classification: from the confusion counts)."""
+    from cltm.transfer.tables import METRIC_COLUMNS
+
+    runs = result.runs.filter(pl.col("condition").is_in(list(conditions)))
+    metrics = [m for m in METRIC_COLUMNS if runs[m].null_count() < runs.height] if runs.height else []
+    keys = ["task", "model", "probe", "layer", "condition", "target", "donor"]
+    aggs: list[pl.Expr] = [pl.len().alias("runs"), pl.col("n_train").mean().alias("n_train")]
+    for m in metrics:
+        aggs += [pl.col(m).mean().alias(m), (pl.col(m).std(ddof=1) / pl.len().sqrt()).alias(f"{m}_se")]
+    table = runs.group_by(keys, maintain_order=True).agg(aggs)
+    if result.confusion.height:
+        n_test = (
+            result.confusion.group_by([*keys, "seed", "fold"])
+            .agg(pl.col("count").sum().alias("n_test"))
+            .group_by(keys)
+            .agg(pl.col("n_test").first())
+        )
+        table = table.join(n_test, on=keys, how="left", nulls_equal=True)
+    return table.sort("layer", "condition", "target", "donor", nulls_last=True)
+
+
 def skipped_frame(rows: Iterable[tuple[str, str]]) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=SKIPPED_COLUMNS, orient="row")
 
