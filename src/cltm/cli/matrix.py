@@ -316,6 +316,7 @@ def matrix_command(
         result_from_runs,
         run_matrix,
     )
+    from cltm.transfer.runner import NothingToRun
 
     sources = [x for x in (cache, embeddings, from_runs) if x is not None]
     if len(sources) != 1:
@@ -390,6 +391,8 @@ def matrix_command(
                 )
     except typer.Exit:
         raise
+    except NothingToRun as err:
+        raise fail(f"nothing could be computed: {err}", EXIT_FAILED) from None
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         raise fail(str(err)) from None
 

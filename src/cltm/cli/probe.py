@@ -113,7 +113,7 @@ def probe_command(
     from cltm.tasks import get_task
     from cltm.transfer import ExecutionSettings, PlanSettings, run_matrix
     from cltm.transfer.evaluators import canonical_probe_name, probe_names
-    from cltm.transfer.runner import POOLED, layer_scores
+    from cltm.transfer.runner import POOLED, NothingToRun, layer_scores
 
     if (cache_path is None) == (embeddings is None):
         raise fail("give exactly one of --cache or --embeddings")
@@ -163,6 +163,8 @@ def probe_command(
             )
     except typer.Exit:
         raise
+    except NothingToRun as err:
+        raise fail(f"nothing could be computed: {err}", EXIT_FAILED) from None
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         raise fail(str(err)) from None
     if result.runs.height == 0:

@@ -55,6 +55,10 @@ from cltm.transfer.tables import (
 
 PARALLEL_BACKENDS = ("joblib", "dask", "ray")
 POOLED = "pooled"
+
+
+class NothingToRun(ValueError):
+    """The input holds nothing to train or test on (an empty manifest): a failed run, not a usage error."""
 config_hash = stable_hash
 
 
@@ -492,7 +496,7 @@ def run_matrix(
             "they must be aligned row by row"
         )
     if manifest.height == 0:
-        raise ValueError("the manifest is empty: there is nothing to train or test on")
+        raise NothingToRun("the manifest is empty: there is nothing to train or test on")
     layer_list = parse_layers(plan.layers, source.n_layers)
     task_spec = get_task(task, manifest, label=plan.label)
     kind = task_spec.kind
