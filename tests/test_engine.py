@@ -274,3 +274,60 @@ def test_wsum_gives_layer_weights_per_run():
     assert np.allclose(sums, 1.0)
     best = w.group_by("layer").agg(pl.col("weight").mean()).sort("weight")["layer"][-1]
     assert best == 1
+
+
+def test_per_class_recall_matches_sklearn():
+    from sklearn.metrics import recall_score
+
+    from cltm.transfer import per_class_recall
+
+    man, X = _emotion_set()
+    res = run_matrix(
+        X[:2], man, "emotion", n=4, seeds=1, predictions=True, probe="lda", conditions=("single",)
+    )
+    recall = per_class_recall(res.confusion)
+    for (layer, target), part in recall.group_by("layer", "target"):
+        preds = res.predictions.filter((pl.col("layer") == layer) & (pl.col("target") == target))
+        expected = recall_score(preds["true"], preds["pred"], labels=list(EMOTIONS), average=None)
+        got = dict(zip(part["true"], part["recall"], strict=True))
+        assert [got[c] for c in EMOTIONS] == pytest.approx(expected.tolist(), abs=1e-12)
+
+
+def test_matrix_summary_averages_stable_cells_only():
+    from cltm.cli.matrix import stable_summary
+
+    keys = {"task": "gender", "model": "m", "layer": 0, "probe": "logreg"}
+    cells = [
+        ("a", "b", 0.5, False),
+        ("b", "a", 0.1, False),
+        ("a", "c", -9.0, True),
+        ("c", "a", 0.3, False),
+        ("a", "a", 1.0, False),
+    ]
+    matrices = pl.DataFrame(
+        [{**keys, "target": t, "donor": d, "cltm": v, "unstable": u} for t, d, v, u in cells]
+    )
+    properties = pl.DataFrame([{**keys, "mean_offdiag": -2.0}])
+    row = stable_summary(matrices, properties).row(0, named=True)
+    assert row["n_stable"] == 3
+    assert row["stable_mean"] == pytest.approx(0.3) and row["stable_median"] == pytest.approx(0.3)
+
+
+def test_code_metrics_fast_path_equals_classification_metrics():
+    from cltm.probes.metrics import classification_metrics
+    from cltm.transfer.evaluators import _metrics_from_codes
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        k, n = int(rng.integers(2, 6)), int(rng.integers(1, 30))
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        fast, reference = _metrics_from_codes(y, p), classification_metrics(y, p)
+        assert fast == pytest.approx(reference, abs=1e-12)
+
+    from cltm.transfer.evaluators import _binary_scores_by_column
+
+    for _ in range(200):
+        n, k = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        y, pred = rng.integers(0, 2, n), rng.integers(0, 2, (n, k))
+        for c, fast in enumerate(_binary_scores_by_column(y, pred)):
+            assert fast == pytest.approx(classification_metrics(y, pred[:, c]), abs=1e-12)

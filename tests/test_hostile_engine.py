@@ -121,6 +121,7 @@ CASES = [
     (["matrix", "--cache", "{cache}", "--task", "utt_id"], 2, "cannot be a task"),
     (["matrix", "--cache", "{cache}", "--task", "score"], 2, "floating-point"),
     (["matrix", "--cache", "{cache}", "--task", "gender", "--probe", "svm"], 2, "unknown probe"),
+    (["matrix", "--cache", "{cache}", "--task", "gender", "--metric", "eer"], 2, "does not apply"),
     (["matrix", "--cache", "{cache}", "--task", "gender", "--probe", "plda"], 2, "verification probe"),
     (
         ["matrix", "--cache", "{cache}", "--task", "gender", "--manifest", "{dir}/foreign.parquet"],

@@ -201,8 +201,12 @@ def write_engine_results(out: Path, result) -> None:
 
 
 def nothing_computed_message(result, what: str) -> str:
-    reasons = "; ".join(f"{lang}: {why}" for lang, why in result.skipped.iter_rows())
-    return f"no {what} could be computed: " + (reasons or "no language has data for every condition")
+    """Why nothing was computed: every language left out with its reason (and any notes on rows)."""
+    reasons = [f"{lang}: {why}" for lang, why in result.skipped.iter_rows()]
+    reasons += list(getattr(result, "notes", ()))
+    return f"no {what} could be computed: " + (
+        "; ".join(reasons) or "no language has data for every condition"
+    )
 
 
 def matrix_command(

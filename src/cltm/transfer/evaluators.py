@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cltm.probes.metrics import classification_metrics, verification_metrics
+from cltm.probes.metrics import binary_metrics_by_column, classification_metrics, verification_metrics
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,8 +198,45 @@ def get_probe(name: Any, kind: str) -> ProbeSpec:
 
 
 def _classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    m = classification_metrics(y_true, y_pred)
-    return {"f1": m["f1"], "accuracy": m["accuracy"], "uar": m["uar"], "_pred": np.asarray(y_pred)}
+    y_pred = np.asarray(y_pred)
+    if y_true.dtype.kind in "iu" and y_pred.dtype.kind in "iu" and len(y_true) and y_true.min() >= 0:
+        m = _metrics_from_codes(y_true, y_pred)
+    else:
+        m = classification_metrics(y_true, y_pred)
+    return {"f1": m["f1"], "accuracy": m["accuracy"], "uar": m["uar"], "_pred": y_pred}
+
+
+def _binary_scores_by_column(y_true: np.ndarray, predicted: np.ndarray) -> list[dict[str, float]]:
+    """f1, accuracy (``binary_metrics_by_column``) and uar of many binary classifiers on one test set at once
+    (same definitions as ``classification_metrics``; uar = mean recall over the classes in the truth)."""
+    out = binary_metrics_by_column(y_true, predicted)
+    truth = np.asarray(y_true) == 1
+    pred = np.asarray(predicted).astype(bool)
+    recalls = []
+    if truth.any():
+        recalls.append((pred & truth[:, None]).sum(0) / truth.sum())
+    if (~truth).any():
+        recalls.append((~pred & ~truth[:, None]).sum(0) / (~truth).sum())
+    uar = np.mean(recalls, axis=0)
+    return [{**m, "uar": float(u)} for m, u in zip(out, uar, strict=True)]
+
+
+def _metrics_from_codes(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``classification_metrics`` for class codes 0..C-1 from one bincount (the sweep scores ~20 models per
+    test set; the general version sorts the labels first). Same definitions: macro-F1 over the classes in the
+    truth or the predictions, UAR over the classes in the truth."""
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    support, predicted = cm.sum(1), cm.sum(0)
+    seen = (support > 0) | (predicted > 0)
+    tp = np.diag(cm)
+    denom = (support + predicted)[seen]
+    f1 = np.divide(2 * tp[seen], denom, out=np.zeros_like(denom), where=denom > 0)
+    return {
+        "f1": float(f1.mean()),
+        "accuracy": float(tp.sum() / cm.sum()),
+        "uar": float(np.mean(tp[support > 0] / support[support > 0])),
+    }
 
 
 def _verification_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -270,12 +307,13 @@ def logistic_fast(
             distinct = sorted(set(ids))
             decision = np.asarray(X[g.test_rows], np.float64) @ coef[distinct].T + intercept[distinct]
             y_test = y[g.test_rows]
+            pred = (decision > 0).astype(np.int64)
+            metrics = _binary_scores_by_column(y_test, pred)
             scored = {}
             for c, k in enumerate(distinct):
                 p1 = 1.0 / (1.0 + np.exp(-decision[:, c])) if options.get("scores") else None
                 scores = np.column_stack([1.0 - p1, p1]) if p1 is not None else None
-                pred = (decision[:, c] > 0).astype(np.int64)
-                scored[k] = _with_scores(_classification_scores(y_test, pred), scores)
+                scored[k] = _with_scores({**metrics[c], "_pred": pred[:, c]}, scores)
             out.append([dict(scored[k]) for k in ids])
         return out
     return _fit_distinct_sets(X, y, groups, options, _logistic_estimator)

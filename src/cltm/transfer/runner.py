@@ -500,6 +500,11 @@ def run_matrix(
     layer_list = parse_layers(plan.layers, source.n_layers)
     task_spec = get_task(task, manifest, label=plan.label)
     kind = task_spec.kind
+    if plan.metric is not None and plan.metric not in task_spec.metrics:
+        raise ValueError(
+            f"metric {plan.metric!r} does not apply to the {kind} task {task_spec.name!r}; it reports "
+            f"{', '.join(task_spec.metrics)}"
+        )
     estimator = probe_settings.estimator
     spec = get_probe(estimator if estimator is not None else probe_settings.name, kind)
     seeds_ = seed_list(plan.seeds)
