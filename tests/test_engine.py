@@ -331,3 +331,20 @@ def test_code_metrics_fast_path_equals_classification_metrics():
         y, pred = rng.integers(0, 2, n), rng.integers(0, 2, (n, k))
         for c, fast in enumerate(_binary_scores_by_column(y, pred)):
             assert fast == pytest.approx(classification_metrics(y, pred[:, c]), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("task", "probe"), [("emotion", "lda"), ("emotion", "mlp"), ("speaker", "cosine+asnorm")]
+)
+def test_one_fit_per_training_set_equals_one_fit_per_problem(task, probe):
+    if task == "speaker":
+        man, X = _speaker_set()
+        kw = {"n": 16}
+    else:
+        man, X = _emotion_set(speakers=6)
+        kw = {"n": 3}
+    settings = ProbeSettings(name=probe, hidden=(8,), max_epochs=10)
+    fast = run_matrix(X[:1], man, task, seeds=2, probe=settings, **kw)
+    naive = run_matrix(X[:1], man, task, seeds=2, probe=settings, naive=True, **kw)
+    assert fast.runs.height == naive.runs.height > 0
+    assert fast.runs.drop("config_hash").equals(naive.runs.drop("config_hash"))

@@ -333,9 +333,13 @@ def logistic_naive(
 
 
 def _fit(estimator: Any, X: np.ndarray, y: np.ndarray, problem: Problem) -> Any:
-    """Fit on the problem's training rows; estimators that early-stop get the dev rows (never test rows)."""
-    Xt, yt = X[problem.train_rows], y[problem.train_rows]
-    dev = problem.dev_rows
+    """Fit on the problem's training rows; estimators that early-stop get the dev rows (never test rows).
+
+    Rows are sorted first, so a fit is a function of the training *set* (pair (i, j) and (j, i) hold the same
+    rows in another order; a minibatch learner would otherwise give them different models)."""
+    rows = np.sort(problem.train_rows)
+    Xt, yt = X[rows], y[rows]
+    dev = np.sort(problem.dev_rows) if problem.dev_rows is not None else None
     if dev is not None and len(dev) and "X_val" in inspect.signature(estimator.fit).parameters:
         return estimator.fit(Xt, yt, X_val=X[dev], y_val=y[dev])
     return estimator.fit(Xt, yt)
