@@ -348,3 +348,39 @@ def test_one_fit_per_training_set_equals_one_fit_per_problem(task, probe):
     naive = run_matrix(X[:1], man, task, seeds=2, probe=settings, naive=True, **kw)
     assert fast.runs.height == naive.runs.height > 0
     assert fast.runs.drop("config_hash").equals(naive.runs.drop("config_hash"))
+
+
+def test_classes_restricts_a_task_and_kfold_names_the_speakers_it_needs():
+    man, X = _emotion_set(speakers=6)
+    # bb has no "sad": without --classes it is left out, with the shared classes it is kept
+    man = man.with_columns(
+        pl.when((pl.col("language") == "bb") & (pl.col("emotion") == "sad"))
+        .then(pl.lit(None))
+        .otherwise(pl.col("emotion"))
+        .alias("emotion")
+    )
+    plain = run_matrix(X[1:2], man, "emotion", n=None, seeds=1, conditions=("single",))
+    assert "bb" in plain.skipped["language"].to_list()
+    assert "--classes" in plain.skipped.filter(pl.col("language") == "bb")["reason"][0]
+    kept = run_matrix(
+        X[1:2], man, "emotion", n=None, seeds=1, conditions=("single",), classes=("angry", "happy", "neutral")
+    )
+    assert kept.skipped.height == 0 and sorted(kept.confusion["true"].unique().to_list()) == [
+        "angry",
+        "happy",
+        "neutral",
+    ]
+    with pytest.raises(ValueError, match="never occur"):
+        run_matrix(
+            X[1:2], man, "emotion", n=None, seeds=1, conditions=("single",), classes=("angry", "bored")
+        )
+    # one class per speaker, 3 speakers per class: 4 folds cannot all test both classes
+    per_speaker = man.with_columns(
+        pl.when(pl.col("speaker").str.slice(-1).cast(pl.Int64) % 2 == 0)
+        .then(pl.lit("angry"))
+        .otherwise(pl.lit("happy"))
+        .alias("emotion")
+    )
+    few = run_matrix(X[1:2], per_speaker, "emotion", n=None, seeds=1, conditions=("single",), folds=4)
+    reasons = " ".join(few.skipped["reason"].to_list())
+    assert "--folds 4 needs at least 4 speakers per class" in reasons

@@ -23,7 +23,7 @@ message: it has no classes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -44,6 +44,7 @@ __all__ = [
     "is_verification",
     "normalize_gender",
     "normalize_genders",
+    "restrict_classes",
 ]
 
 CLASSIFICATION = "classification"
@@ -105,8 +106,10 @@ def normalize_genders(values: pl.Series) -> pl.Series:
 def _strip_labels(values: pl.Series) -> pl.Series:
     """Labels as text: white space stripped; empty strings (and nulls) are missing labels."""
     text = values.cast(pl.String).str.strip_chars(_SPACES)
-    return pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text)).to_series().alias(
-        values.name
+    return (
+        pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text))
+        .to_series()
+        .alias(values.name)
     )
 
 
@@ -214,3 +217,20 @@ def check_task_column(task: Task, manifest: pl.DataFrame) -> None:
     labels = task.labels(manifest)
     if labels.drop_nulls().len() == 0:
         raise TaskError(f"the column {task.label!r} has no labels: every value is empty or missing")
+
+
+def restrict_classes(task: Task, classes: tuple[str, ...] | list[str], manifest: pl.DataFrame) -> Task:
+    """The task with only these classes (rows with other labels are left out): e.g. the emotions every
+    language of a multilingual corpus has. Refuses a class the manifest never uses."""
+    if task.is_verification:
+        raise TaskError(f"task {task.name!r} is verification: it has no classes to choose")
+    wanted = tuple(dict.fromkeys(str(c).strip() for c in classes if str(c).strip()))
+    if len(wanted) < 2:
+        raise TaskError(f"a classification task needs at least 2 classes, got {list(wanted)}")
+    have = set(task.labels(manifest).drop_nulls().unique().to_list())
+    unknown = [c for c in wanted if c not in have]
+    if unknown:
+        raise TaskError(
+            f"class(es) {unknown} never occur in the column {task.label!r}; it has {sorted(have)}"
+        )
+    return replace(task, classes=wanted)

@@ -283,6 +283,12 @@ def matrix_command(
         help="Speaker-independent K-fold instead of one train/test split: every speaker is tested once; Perf "
         "is the mean over folds x seeds, its SE over those runs. For small corpora.",
     ),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="Keep only these classes of a label task, e.g. angry,happy,neutral,sad (the emotions every "
+        "language has); rows with other labels are left out.",
+    ),
     predictions: bool = typer.Option(
         False,
         "--predictions",
@@ -378,6 +384,7 @@ def matrix_command(
                 test_fraction=test_fraction,
                 trials=trial_list,
                 folds=folds,
+                classes=tuple(_split_list(classes)) if _split_list(classes) else None,
                 metric=metric,
                 families=family_map,
                 predictions=predictions,

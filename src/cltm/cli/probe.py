@@ -89,6 +89,12 @@ def probe_command(
     folds: int | None = typer.Option(
         None, "--folds", min=2, help="Speaker-independent K-fold: every speaker tested exactly once."
     ),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="Keep only these classes of a label task, e.g. angry,happy,neutral,sad (the emotions every "
+        "language has); rows with other labels are left out.",
+    ),
     predictions: bool = typer.Option(
         False,
         "--predictions",
@@ -155,6 +161,7 @@ def probe_command(
             split_seed=seed if seeds is None else 0,
             trial_seed=seed if seeds is None else 0,
             folds=folds,
+            classes=tuple(_split_list(classes)) if _split_list(classes) else None,
             predictions=predictions,
         )
         with layer_progress(True, f"probing {task}") as advance:

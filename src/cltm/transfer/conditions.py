@@ -248,9 +248,19 @@ def plan_languages(
                 have = set(test_pool[label_col].unique().to_list())
                 if have != set(classes):
                     lacking = sorted(set(classes) - have)
+                    if folds is not None:
+                        speakers = {
+                            c: rows.filter(pl.col(label_col) == c)["speaker"].n_unique() for c in lacking
+                        }
+                        raise SamplingError(
+                            f"fold {fold} has no test speaker of {lacking}: --folds {folds} needs at least "
+                            f"{folds} speakers per class (speakers are dealt to folds by their majority "
+                            f"class; speakers with the class: {speakers}); use fewer folds or --classes"
+                        )
                     raise SamplingError(
                         f"the test split has classes {sorted(map(str, have))}, needs all of {classes} "
-                        f"(no test utterance of {lacking}: it needs at least 1 of each)"
+                        f"(no test utterance of {lacking}: it needs at least 1 of each; --classes keeps only "
+                        "the classes every language has)"
                     )
                 test_rows = test_pool[ROW].to_numpy()
                 lang_trials = None

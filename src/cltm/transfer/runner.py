@@ -29,7 +29,7 @@ import polars as pl
 
 from cltm.fileio import stable_hash
 from cltm.layers import parse_layers
-from cltm.tasks import get_task
+from cltm.tasks import get_task, restrict_classes
 from cltm.transfer.conditions import LanguagePlan, plan_languages, seed_list
 from cltm.transfer.embeddings import ArrayFeatures, FeatureSource, as_feature_source
 from cltm.transfer.evaluators import (
@@ -75,6 +75,7 @@ class PlanSettings:
     needs all but zero_shot). ``pooled``: also train/test on all languages together (target ``pooled``,
     condition single). ``folds``: speaker-independent K-fold instead of the train/test split. ``metric``:
     the matrix metric (default: the task's). ``predictions``: keep per-utterance predictions.
+    ``classes``: keep only these classes of a classification task (e.g. the emotions every language has).
     ``non_finite``: ``exclude`` rows with NaN/inf embeddings (counted in ``result.notes``) or ``refuse``.
     """
 
@@ -86,6 +87,7 @@ class PlanSettings:
     conditions: tuple[str, ...] = CONDITIONS
     pooled: bool = False
     label: str | None = None
+    classes: tuple[str, ...] | None = None
     test_fraction: float = 0.25
     split_seed: int = 0
     trial_seed: int = 0
@@ -147,6 +149,7 @@ _PLAN_KEYS = {
     "languages",
     "donors",
     "label",
+    "classes",
     "test_fraction",
     "split_seed",
     "trial_seed",
@@ -499,6 +502,8 @@ def run_matrix(
         raise NothingToRun("the manifest is empty: there is nothing to train or test on")
     layer_list = parse_layers(plan.layers, source.n_layers)
     task_spec = get_task(task, manifest, label=plan.label)
+    if plan.classes is not None:
+        task_spec = restrict_classes(task_spec, plan.classes, manifest)
     kind = task_spec.kind
     if plan.metric is not None and plan.metric not in task_spec.metrics:
         raise ValueError(
@@ -584,6 +589,7 @@ def run_matrix(
     settings_for_hash = {
         "task": task_spec.name,
         "label": task_spec.label,
+        "classes": list(task_spec.classes) if task_spec.classes is not None else None,
         "n": plan.n,
         "seeds": seeds_,
         "probe": spec.name,
@@ -661,7 +667,7 @@ def per_class_recall(confusion: pl.DataFrame) -> pl.DataFrame:
 def layer_scores(result: MatrixResult, conditions: Sequence[str] = ("single",)) -> pl.DataFrame:
     """The per-layer study view of a run: per (layer, condition, target, donor) the mean of every metric over
     seeds x folds, its standard error (``<metric>_se``, ddof=1 / sqrt(runs); null for one run), the number of
-    runs and of test utterances (classification: from the confusion counts)."""
+    runs and of test utterances per seed (all folds together; classification: from the confusion counts)."""
     from cltm.transfer.tables import METRIC_COLUMNS
 
     runs = result.runs.filter(pl.col("condition").is_in(list(conditions)))
@@ -672,11 +678,12 @@ def layer_scores(result: MatrixResult, conditions: Sequence[str] = ("single",)) 
         aggs += [pl.col(m).mean().alias(m), (pl.col(m).std(ddof=1) / pl.len().sqrt()).alias(f"{m}_se")]
     table = runs.group_by(keys, maintain_order=True).agg(aggs)
     if result.confusion.height:
+        # per seed, the test utterances of all folds (K-fold tests every utterance once); equal across seeds
         n_test = (
-            result.confusion.group_by([*keys, "seed", "fold"])
+            result.confusion.group_by([*keys, "seed"])
             .agg(pl.col("count").sum().alias("n_test"))
             .group_by(keys)
-            .agg(pl.col("n_test").first())
+            .agg(pl.col("n_test").max())
         )
         table = table.join(n_test, on=keys, how="left", nulls_equal=True)
     return table.sort("layer", "condition", "target", "donor", nulls_last=True)
