@@ -143,6 +143,8 @@ CASES = [
     ),
     (["probe", "--cache", "{cache}", "--task", "gender", "--layers", "1-0"], 2, "is empty"),
     (["probe", "--cache", "{cache}", "--task", "duration"], 2, "cannot be a task"),
+    (["probe", "--cache", "{cache}", "--task", "emotion", "--classes", "happy,bored"], 2, "never occur"),
+    (["probe", "--cache", "{cache}", "--task", "speaker", "--backend", "svm"], 2, "unknown backend"),
     (["probe", "--cache", "{cache}", "--task", "gender", "--n", "500"], 1, "too little training data"),
     (["probe", "--cache", "{cache}", "--task", "gender", "--languages", "xx"], 1, "not in the manifest"),
 ]

@@ -34,6 +34,7 @@ from cltm.transfer.conditions import LanguagePlan, plan_languages, seed_list
 from cltm.transfer.embeddings import ArrayFeatures, FeatureSource, as_feature_source
 from cltm.transfer.evaluators import (
     LOGISTIC_SOLVERS,
+    PROBES,
     ClassificationGroup,
     ProbeSpec,
     Problem,
@@ -263,6 +264,8 @@ def _layer_rows(
     else:
         X = np.asarray(features, dtype=np.float32)
     spec: ProbeSpec = settings["spec"]
+    if isinstance(spec, str):  # registered probes travel to workers by name (their evaluators are closures)
+        spec = PROBES[spec]
     evaluate = spec.naive if settings.get("naive") else spec.fast
     classes = settings["classes"]
     out: dict[str, list[dict[str, Any]]] = {"runs": [], "confusion": [], "predictions": [], "weights": []}
@@ -608,7 +611,7 @@ def run_matrix(
     }
     chash = config_hash(settings_for_hash)
     settings = {
-        "spec": spec,
+        "spec": spec.name if PROBES.get(spec.name) is spec else spec,
         "kind": kind,
         "seeds": seeds_,
         "donors": list(plan.donors) if plan.donors is not None else None,
