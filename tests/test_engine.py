@@ -384,3 +384,47 @@ def test_classes_restricts_a_task_and_kfold_names_the_speakers_it_needs():
     few = run_matrix(X[1:2], per_speaker, "emotion", n=None, seeds=1, conditions=("single",), folds=4)
     reasons = " ".join(few.skipped["reason"].to_list())
     assert "--folds 4 needs at least 4 speakers per class" in reasons
+
+
+def test_zero_shot_condition_on_its_own_in_the_cli(tmp_path):
+    man, X = _emotion_set(speakers=6)
+    np.save(tmp_path / "x.npy", X[:2])
+    man.write_parquet(tmp_path / "manifest.parquet")
+    out = CliRunner().invoke(
+        app,
+        [
+            "matrix",
+            "--embeddings",
+            str(tmp_path / "x.npy"),
+            "--task",
+            "emotion",
+            "--n",
+            "4",
+            "--seeds",
+            "1",
+            "--conditions",
+            "zero_shot",
+            "--metric",
+            "uar",
+            "--out",
+            str(tmp_path / "zs"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    runs = pl.read_parquet(tmp_path / "zs" / "runs.parquet")
+    assert runs["condition"].unique().to_list() == ["zero_shot"] and runs.height == 2 * 3 * 2
+    bad = CliRunner().invoke(
+        app,
+        [
+            "matrix",
+            "--embeddings",
+            str(tmp_path / "x.npy"),
+            "--task",
+            "emotion",
+            "--conditions",
+            "zero",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
+    assert bad.exit_code == 2 and "unknown condition" in bad.output

@@ -313,6 +313,12 @@ def matrix_command(
     ),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Parallel workers over layers (-1 = all cores)."),
     no_zero_shot: bool = typer.Option(False, "--no-zero-shot", help="Skip the zero-shot (donor only) runs."),
+    conditions: str | None = typer.Option(
+        None,
+        "--conditions",
+        help="Run only these conditions, e.g. zero_shot (the zero-shot matrix on its own: N of j, tested on "
+        "i, no 2N needed) or single,zero_shot. Default: single,self,pair,zero_shot.",
+    ),
     model: str | None = typer.Option(
         None, "--model", help="Model name for the tables (default from the cache)."
     ),
@@ -378,9 +384,7 @@ def matrix_command(
                 layers=layers,
                 languages=tuple(_split_list(languages)) if _split_list(languages) else None,
                 donors=tuple(_split_list(donors)) if _split_list(donors) else None,
-                conditions=("single", "self", "pair")
-                if no_zero_shot
-                else ("single", "self", "pair", "zero_shot"),
+                conditions=chosen_conditions(conditions, no_zero_shot),
                 test_fraction=test_fraction,
                 trials=trial_list,
                 folds=folds,
@@ -389,7 +393,8 @@ def matrix_command(
                 families=family_map,
                 predictions=predictions,
             )
-            with layer_progress(not quiet, f"CLTM sweep ({task})") as advance:
+            total = layer_count(features, layers, settings)
+            with layer_progress(not quiet, f"CLTM sweep ({task})", total) as advance:
                 result = run_matrix(
                     features,
                     man,
@@ -407,14 +412,30 @@ def matrix_command(
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         raise fail(str(err)) from None
 
-    if result.properties.height == 0:
+    # a plan without self and pair (e.g. --conditions zero_shot) gives runs, not matrices
+    matrix_plan = from_runs is not None or {"self", "pair"} <= set(
+        chosen_conditions(conditions, no_zero_shot)
+    )
+    if (result.properties.height if matrix_plan else result.runs.height) == 0:
         # nothing to write over an earlier result: say why, exit 1
         from rich.console import Console
 
         print_left_out(Console(stderr=True), None, getattr(result, "notes", ()))
         raise fail(nothing_computed_message(result, "matrix"), EXIT_FAILED)
     write_engine_results(out, result)
-    if not quiet:
+    if not quiet and not matrix_plan:
+        from rich.console import Console
+
+        from cltm.transfer.runner import layer_scores
+
+        conds = sorted(result.runs["condition"].unique().to_list())
+        typer.echo(layer_scores(result, conds).drop("task", "model", "probe"))
+        print_left_out(Console(), result.skipped, getattr(result, "notes", ()))
+        typer.echo(
+            f"wrote {out}/runs.parquet, confusion.parquet ({result.runs.height} runs; "
+            "no CLTM without self and pair)"
+        )
+    elif not quiet:
         print_summary(result.properties, result.skipped, result.matrices, getattr(result, "notes", ()))
         typer.echo(
             f"wrote {out}/runs.parquet, matrices.parquet, properties.parquet, confusion.parquet "
@@ -422,13 +443,43 @@ def matrix_command(
         )
 
 
+def chosen_conditions(text: str | None, no_zero_shot: bool) -> tuple[str, ...]:
+    """``--conditions`` (comma list) or the default four, less zero_shot with ``--no-zero-shot``."""
+    from cltm.transfer.tables import CONDITIONS
+
+    chosen = tuple(_split_list(text) or CONDITIONS)
+    unknown = [c for c in chosen if c not in CONDITIONS]
+    if unknown:
+        raise typer.BadParameter(f"unknown condition(s) {unknown}; choose from {', '.join(CONDITIONS)}")
+    chosen = tuple(c for c in chosen if not (no_zero_shot and c == "zero_shot"))
+    if not chosen:
+        raise typer.BadParameter("no condition left to run", param_hint="--conditions")
+    return chosen
+
+
+def layer_count(features, layers, settings) -> int | None:
+    """How many layer steps the engine will report (1 for a multi-layer probe); None when unknown."""
+    from cltm.layers import parse_layers
+    from cltm.transfer.evaluators import PROBES, canonical_probe_name
+
+    if settings.name and PROBES.get(canonical_probe_name(settings.name)) is not None:
+        if PROBES[canonical_probe_name(settings.name)].multi_layer:
+            return 1
+    try:
+        return len(
+            parse_layers(layers, features.n_layers if hasattr(features, "n_layers") else len(features))
+        )
+    except ValueError:
+        return None
+
+
 @contextlib.contextmanager
-def layer_progress(enabled: bool, title: str):
+def layer_progress(enabled: bool, title: str, total: int | None = None):
     """A counting bar over layers drawn by the CLI; yields the engine's ``progress(k)`` callback."""
     from cltm.progress import counting_progress
 
     with counting_progress("layers", title=title, enabled=enabled, transient=True) as bar:
-        task = bar.add_task("layers", total=None)
+        task = bar.add_task("layers", total=total)
         yield lambda k: bar.advance(task, k)
 
 

@@ -13,6 +13,7 @@ from cltm.cli.matrix import (
     _parse_seeds,
     _split_list,
     check_inputs,
+    layer_count,
     layer_progress,
     load_features,
     nothing_computed_message,
@@ -164,7 +165,7 @@ def probe_command(
             classes=tuple(_split_list(classes)) if _split_list(classes) else None,
             predictions=predictions,
         )
-        with layer_progress(True, f"probing {task}") as advance:
+        with layer_progress(True, f"probing {task}", layer_count(features, layers, settings)) as advance:
             result = run_matrix(
                 features, man, task, plan=plan, probe=settings, execution=ExecutionSettings(progress=advance)
             )
