@@ -1,4 +1,4 @@
-"""`cltm probe` and cltm.probes.layerwise on a small synthetic cache (no audio, no model)."""
+"""`cltm probe` (the engine's single condition per layer, language and pooled) on a small synthetic cache."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from cltm.cli import app
-from cltm.probes import layerwise, metrics
+from cltm.probes import metrics
+from cltm.transfer import PlanSettings, run_matrix
+from cltm.transfer.runner import layer_scores
 
 N_LAYERS, DIM = 4, 12
 
@@ -62,16 +64,23 @@ def make_cache(tmp_path, manifest, feats, *, not_done=()):
     return tmp_path / "c.zarr"
 
 
+def _probe(feats, manifest, task, layers=None, probe=None):
+    """The engine in `cltm probe`'s configuration: single condition, every training row, pooled."""
+    plan = PlanSettings(n=None, seeds=(0,), layers=layers, conditions=("single",), pooled=True)
+    res = run_matrix(feats, manifest, task, plan=plan, probe=probe)
+    return layer_scores(res).rename({"target": "language"})
+
+
 def test_layerwise_gender_matches_a_direct_loop():
     manifest, feats = synthetic()
-    res = layerwise.probe_layers(feats, manifest, "gender", layers="0,2", seed=0)
-    assert set(res.scores["layer"].to_list()) == {0, 2}
-    assert set(res.scores["language"].to_list()) == {"de", "en", "fr", "pooled"}
+    scores = _probe(feats, manifest, "gender", layers="0,2")
+    assert set(scores["layer"].to_list()) == {0, 2}
+    assert set(scores["language"].to_list()) == {"de", "en", "fr", "pooled"}
     # the direct way: the same split, one sklearn pipeline per (layer, language)
     from cltm.corpus.sampling import speaker_disjoint_split
 
     split = speaker_disjoint_split(manifest.with_row_index("r"), test_fraction=0.25, seed=0)
-    for row in res.scores.iter_rows(named=True):
+    for row in scores.iter_rows(named=True):
         lang = split if row["language"] == "pooled" else split.filter(pl.col("language") == row["language"])
         tr = lang.filter(pl.col("split") == "train")["r"].to_numpy()
         te = lang.filter(pl.col("split") == "test")["r"].to_numpy()
@@ -80,16 +89,16 @@ def test_layerwise_gender_matches_a_direct_loop():
         pred = model.fit(X[tr], y[tr]).predict(X[te])
         assert row["f1"] == pytest.approx(metrics.macro_f1(y[te], pred), abs=1e-9)
         assert row["n_train"] == len(tr) and row["n_test"] == len(te)
-    best = res.scores.filter(pl.col("language") == "pooled").sort("f1")["layer"][-1]
+    best = scores.filter(pl.col("language") == "pooled").sort("f1")["layer"][-1]
     assert best == 2
 
 
 def test_layerwise_speaker_prefers_the_identity_layer():
     manifest, feats = synthetic(1)
-    res = layerwise.probe_layers(feats, manifest, "speaker", backend="cosine", seed=0)
-    pooled = res.scores.filter(pl.col("language") == "pooled").sort("layer")
+    scores = _probe(feats, manifest, "speaker", probe="cosine")
+    pooled = scores.filter(pl.col("language") == "pooled").sort("layer")
     assert pooled["eer"].to_list()[2] < pooled["eer"].to_list()[0]
-    assert {"auc", "eer", "min_dcf_01", "min_dcf_05"} <= set(res.scores.columns)
+    assert {"auc", "eer", "min_dcf_01", "min_dcf_05"} <= set(scores.columns)
 
 
 def test_cli_probe_writes_parquet_curve_and_table(tmp_path):
@@ -158,7 +167,9 @@ def test_cli_probe_writes_parquet_curve_and_table(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--task", "age"], "no column 'age'"),
+        (["--task", "age"], "column 'age'"),
+        (["--task", "utt_id"], "cannot be a task"),
+        (["--task", "gender", "--layers", "2-0"], "is empty"),
         (["--task", "gender", "--layers", "9"], "out of range"),
         (["--task", "gender", "--probe", "svm"], "unknown probe"),
         (["--task", "speaker", "--backend", "x"], "unknown backend"),

@@ -95,9 +95,10 @@ def run_demo(
 
     from cltm.corpus.synth import synthesize_corpus
     from cltm.extract import FBANK_ID, build_tiny_model, extract
+    from cltm.progress import counting_progress
     from cltm.report import build_report
     from cltm.store import Cache
-    from cltm.transfer import run_matrix, write_results
+    from cltm.transfer import ExecutionSettings, MatrixResult, PlanSettings, run_matrix
 
     # transformers' own per-file bars would interleave with ours
     transformers_logging.disable_progress_bar()
@@ -155,7 +156,6 @@ def run_demo(
     for name, cache_path in caches.items():
         _say(log, f"[3/5] extract: {name} -> {cache_path}")
         from cltm.extract.settings import BatchSettings, ExtractSettings, ModelSettings
-        from cltm.progress import counting_progress
 
         settings = ExtractSettings(model=ModelSettings(device="cpu"), batching=BatchSettings(num_workers=0))
         with counting_progress("audio s", title=f"extract {name}", enabled=progress) as bar:
@@ -177,16 +177,21 @@ def run_demo(
         cache = Cache.open(cache_path)
         for task, n in (("gender", size.gender_n), ("speaker", size.speaker_n)):
             _say(log, f"[4/5] CLTM: {task} on {name}, {cache.n_layers} layer(s), N={n}, {size.seeds} seeds")
-            results.append(run_matrix(cache, task=task, n=n, seeds=size.seeds, model=name, progress=progress))
-    results_dir = write_results(
-        out / "results",
-        pl.concat([r.runs for r in results], how="diagonal_relaxed"),
-        pl.concat([r.matrices for r in results], how="diagonal_relaxed"),
-        pl.concat([r.properties for r in results], how="diagonal_relaxed"),
-        skipped=pl.concat([r.skipped for r in results], how="diagonal_relaxed"),
-        language_scores=pl.concat([r.language_scores for r in results], how="diagonal_relaxed"),
-    )
-    skipped = pl.concat([r.skipped for r in results], how="diagonal_relaxed")
+            with counting_progress("layers", title=f"CLTM {task}", enabled=progress, transient=True) as bar:
+                bar_task = bar.add_task("layers", total=cache.n_layers)
+                results.append(
+                    run_matrix(
+                        cache,
+                        task=task,
+                        plan=PlanSettings(n=n, seeds=size.seeds),
+                        execution=ExecutionSettings(
+                            model=name, progress=lambda k, b=bar, t=bar_task: b.advance(t, k)
+                        ),
+                    )
+                )
+    combined = MatrixResult.concat(results)
+    results_dir = combined.write(out / "results")
+    skipped = combined.skipped
     seconds["matrix"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

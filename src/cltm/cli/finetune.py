@@ -325,7 +325,9 @@ def _print_cells(console, table_cls, runs, task: str) -> None:
     """Mean metric per condition, and the CLTM cells when every condition is there."""
     import polars as pl
 
-    metric = "auc" if task == "speaker" else "f1"
+    from cltm.tasks import get_task
+
+    metric = get_task(task).default_metric
     if runs.height == 0 or metric not in runs.columns:
         return
     # classification also shows UAR (balanced accuracy), the usual emotion-recognition figure

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
-from cltm.cli._errors import fail
+from cltm.cli._errors import EXIT_FAILED, fail
+from cltm.layers import GRAMMAR, layer_tokens
 
 ORDER = 50
 
@@ -23,35 +25,11 @@ HELP = (
 )
 
 
-
 def _split_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     items = [part.strip() for part in text.split(",") if part.strip()]
     return items or None
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """``all`` / None -> None; ``0,3,6-9`` -> [0, 3, 6, 7, 8, 9]; negative numbers count from the end."""
-    if text is None or text.strip().lower() in ("", "all"):
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part[1:]:
-                lo, hi = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise typer.BadParameter(
-            f"expected 'all' or comma-separated layers/ranges such as 0,3,6-9; got {text!r}",
-            param_hint="--layers",
-        ) from None
-    return out
 
 
 def _parse_seeds(text: str) -> int | list[int]:
@@ -65,14 +43,16 @@ def _parse_seeds(text: str) -> int | list[int]:
         ) from None
 
 
-def print_summary(properties, skipped=None) -> None:
-    """A compact per-layer table: mean Perf(i), mean off-diagonal CLTM, share positive, unstable cells."""
+def print_summary(properties, skipped=None, notes=()) -> None:
+    """A compact per-layer table: mean Perf(i), mean and median CLTM over the stable off-diagonal cells (with
+    their count: the engine's properties ``mean_offdiag_stable``, ``median_offdiag_stable``, ``n_stable``),
+    share positive."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     many = properties.select("task", "model", "probe").unique().height > 1
-    table = Table(title="CLTM per layer", show_lines=False)
+    table = Table(title="CLTM per layer (off-diagonal means over stable cells)", show_lines=False)
     if many:
         for col in ("task", "model", "probe"):
             table.add_column(col)
@@ -81,9 +61,10 @@ def print_summary(properties, skipped=None) -> None:
         ("metric", "left"),
         ("langs", "right"),
         ("mean Perf(i)", "right"),
-        ("mean CLTM (off-diag)", "right"),
+        ("mean CLTM", "right"),
+        ("median CLTM", "right"),
+        ("stable cells", "right"),
         ("share > 0", "right"),
-        ("unstable cells", "right"),
     ):
         table.add_column(col, justify=just)
 
@@ -98,16 +79,104 @@ def print_summary(properties, skipped=None) -> None:
             row["metric"] or "-",
             str(row["n_languages"]),
             fmt(row["mean_perf_single"]),
-            fmt(row["mean_offdiag"]),
+            fmt(row.get("mean_offdiag_stable")),
+            fmt(row.get("median_offdiag_stable")),
+            f"{row.get('n_stable', '-')}/{row['n_cells']}",
             fmt(row["share_positive"], ".0%") if row["share_positive"] is not None else "-",
-            f"{row['n_unstable']}/{row['n_cells']}",
         ]
         table.add_row(*cells)
     console.print(table)
+    print_left_out(console, skipped, notes)
+
+
+def print_left_out(console, skipped, notes=()) -> None:
+    """The languages left out (and why, with the numbers they would need) and any notes on excluded rows."""
     if skipped is not None and skipped.height:
         console.print(f"[yellow]{skipped.height} language(s) left out:[/yellow]")
         for lang, reason in skipped.iter_rows():
             console.print(f"  {lang}: {reason}")
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+PROBE_HELP = (
+    "Probe from the one registry (also `cltm probe`). Classifiers: logreg (default), lda, mlp, wsum "
+    "(weighted layer sum over the selected layers). Verification back-ends: plda (default; PCA to 200 "
+    "dims), plda_full (no PCA), cosine, lda_cosine, each optionally with score normalisation: "
+    "BACKEND+snorm or BACKEND+asnorm (e.g. plda+snorm). Old spellings (lda-cosine, plda-snorm) are accepted."
+)
+
+
+def probe_settings(probe, solver, hidden, patience, max_epochs, no_early_stopping):
+    """``ProbeSettings`` from the shared CLI options (matrix and probe), usage errors as BadParameter."""
+    from cltm.transfer import ProbeSettings
+    from cltm.transfer.evaluators import LOGISTIC_SOLVERS
+
+    if solver not in LOGISTIC_SOLVERS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(LOGISTIC_SOLVERS)}, not {solver!r}", param_hint="--solver"
+        )
+    sizes = None
+    if hidden is not None:
+        try:
+            sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+        except ValueError:
+            raise typer.BadParameter(
+                f"expected sizes such as 128,16; got {hidden!r}", param_hint="--hidden"
+            ) from None
+        if any(h < 1 for h in sizes):
+            raise typer.BadParameter(f"hidden sizes must be >= 1, got {hidden!r}", param_hint="--hidden")
+    return ProbeSettings(
+        name=probe,
+        solver=solver,
+        hidden=sizes,
+        patience=patience,
+        max_epochs=max_epochs,
+        early_stopping=not no_early_stopping,
+    )
+
+
+def load_features(cache, embeddings, manifest):
+    """(features, manifest) for --cache / --embeddings; a --manifest is aligned to the features by utt_id."""
+    from cltm.corpus import read_manifest
+    from cltm.transfer.embeddings import align_manifest
+
+    man = read_manifest(manifest, resolve=False) if manifest is not None else None
+    if cache is not None:
+        from cltm.store import Cache
+
+        features = Cache.open(cache)
+        if man is not None:
+            man = align_manifest(man, features.manifest["utt_id"], what=f"the cache {cache}")
+        return features, man
+    from cltm.transfer.embeddings import load_embeddings
+
+    return load_embeddings(embeddings, man)
+
+
+def check_inputs(**paths) -> None:
+    for opt, path in paths.items():
+        if path is not None and not path.exists():
+            raise fail(f"--{opt.replace('_', '-')} {path}: no such file or directory")
+
+
+def write_engine_results(out: Path, result) -> None:
+    """The results directory: runs, matrices, properties, skipped, language scores, confusion (+ predictions
+    and wsum layer weights when there are any)."""
+    from cltm.fileio import write_parquet_atomic
+
+    result.write(out)  # the one atomic, validated set
+    if result.layer_weights is not None:  # beside the set: only the wsum probe has them
+        write_parquet_atomic(result.layer_weights, out / "layer_weights.parquet")
+
+
+def nothing_computed_message(result, what: str) -> str:
+    """Why nothing was computed: every language left out with its reason (and any notes on rows)."""
+    reasons = [f"{lang}: {why}" for lang, why in result.skipped.iter_rows()]
+    reasons += list(getattr(result, "notes", ()))
+    return f"no {what} could be computed: " + (
+        "; ".join(reasons) or "no language has data for every condition"
+    )
 
 
 def matrix_command(
@@ -117,13 +186,14 @@ def matrix_command(
         None,
         "--embeddings",
         help="Embeddings file: .h5 from `cltm store export`, or .npy/.npz \\[layers, utts, dim] "
-        "(or \\[utts, dim]) aligned with --manifest's rows.",
+        "(or \\[utts, dim]) aligned with --manifest's rows (an .npz `utt_id` array is checked against it).",
     ),
     manifest: Path | None = typer.Option(
         None,
         "--manifest",
         help="Manifest the --embeddings rows follow (default: inside the file, or "
-        "manifest.parquet next to it). With --cache: a manifest with extra label columns, same rows.",
+        "manifest.parquet next to it). With --cache: a manifest with extra label columns and the same "
+        "utt_ids (matched by utt_id; any other set of utterances is refused).",
     ),
     from_runs: Path | None = typer.Option(
         None,
@@ -134,22 +204,18 @@ def matrix_command(
     task: str | None = typer.Option(
         None,
         "--task",
-        help="gender | speaker | any label column of the manifest (not needed with --from-runs).",
+        help="gender | speaker | any label column of the manifest, e.g. emotion (not with --from-runs).",
     ),
     n: int = typer.Option(60, "--n", min=1, help="N: per class for classification, utterances for speaker."),
     seeds: str = typer.Option("10", "--seeds", help="Number of seeds (10 -> 0..9) or a list (0,1,2)."),
-    layers: str | None = typer.Option(None, "--layers", help="all (default) or e.g. 0,6,9-12."),
+    layers: str | None = typer.Option(None, "--layers", help=f"Layers: {GRAMMAR}."),
     languages: str | None = typer.Option(
         None, "--languages", help="Comma-separated languages (default all)."
     ),
-    donors: str | None = typer.Option(None, "--donors", help="Restrict the donor languages (default all)."),
-    probe: str | None = typer.Option(
-        None,
-        "--probe",
-        help="Classifier (logreg, default) or verification back-end: plda (default; PCA to 200 dims, "
-        "~0.3 s per model, 1,539 models per layer and seed at 54 languages), cosine (centred cosine; "
-        "a 54-language sweep in minutes), lda_cosine, plda_full.",
+    donors: str | None = typer.Option(
+        None, "--donors", help="Restrict the donor languages (default all); each must be a target language."
     ),
+    probe: str | None = typer.Option(None, "--probe", help=PROBE_HELP),
     solver: str = typer.Option(
         "shared",
         "--solver",
@@ -157,16 +223,52 @@ def matrix_command(
         "sharing the products with the data), sklearn (one scikit-learn fit per distinct set, values "
         "identical to a per-cell loop) or batched (exact kernel Newton).",
     ),
+    hidden: str | None = typer.Option(
+        None, "--hidden", help="mlp/wsum hidden sizes, e.g. 128,16 (default for mlp: dim/6, dim/48)."
+    ),
+    patience: int | None = typer.Option(
+        None, "--patience", min=1, help="mlp/wsum: epochs without a better dev loss before stopping."
+    ),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", min=1, help="mlp/wsum: most epochs."),
+    no_early_stopping: bool = typer.Option(
+        False, "--no-early-stopping", help="mlp/wsum: train --max-epochs epochs without early stopping."
+    ),
     metric: str | None = typer.Option(
         None,
         "--metric",
-        help="Matrix metric: f1 (default), accuracy, auc (speaker default), eer, min_dcf_01 ...",
+        help="Matrix metric: f1 (macro-F1, default), accuracy, uar (unweighted average recall), auc (speaker "
+        "default), eer, min_dcf_01, min_dcf_05.",
+    ),
+    test_fraction: float = typer.Option(
+        0.25,
+        "--test-fraction",
+        min=0.01,
+        max=0.99,
+        help="Share of each language's speakers held out for testing when the manifest has no split.",
+    ),
+    folds: int | None = typer.Option(
+        None,
+        "--folds",
+        min=2,
+        help="Speaker-independent K-fold instead of one train/test split: every speaker is tested once; Perf "
+        "is the mean over folds x seeds, its SE over those runs. For small corpora.",
+    ),
+    classes: str | None = typer.Option(
+        None,
+        "--classes",
+        help="Keep only these classes of a label task, e.g. angry,happy,neutral,sad (the emotions every "
+        "language has); rows with other labels are left out.",
+    ),
+    predictions: bool = typer.Option(
+        False,
+        "--predictions",
+        help="Also write OUT/predictions.parquet (one row per test utterance and run).",
     ),
     families: Path | None = typer.Option(
         None,
         "--families",
-        help="Language -> family file (TSV `language<TAB>family` or JSON) overriding the "
-        "shipped Common Voice map.",
+        help="Language -> family file (TSV `language<TAB>family` or JSON), merged over the shipped Common "
+        "Voice map (its entries win).",
     ),
     trials: Path | None = typer.Option(
         None,
@@ -181,36 +283,45 @@ def matrix_command(
     ),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Parallel workers over layers (-1 = all cores)."),
     no_zero_shot: bool = typer.Option(False, "--no-zero-shot", help="Skip the zero-shot (donor only) runs."),
+    conditions: str | None = typer.Option(
+        None,
+        "--conditions",
+        help="Run only these conditions, e.g. zero_shot (the zero-shot matrix on its own: N of j, tested on "
+        "i, no 2N needed) or single,zero_shot. Default: single,self,pair,zero_shot.",
+    ),
     model: str | None = typer.Option(
         None, "--model", help="Model name for the tables (default from the cache)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
 ) -> None:
-    import polars as pl
-
-    from cltm.transfer import load_families, read_runs, result_from_runs, run_matrix, write_results
+    from cltm.transfer import (
+        ExecutionSettings,
+        PlanSettings,
+        load_families,
+        read_runs,
+        result_from_runs,
+        run_matrix,
+    )
+    from cltm.transfer.runner import NothingToRun
 
     sources = [x for x in (cache, embeddings, from_runs) if x is not None]
     if len(sources) != 1:
         raise fail("give exactly one of --cache, --embeddings or --from-runs")
-    for path, opt in (
-        (cache, "--cache"),
-        (embeddings, "--embeddings"),
-        (from_runs, "--from-runs"),
-        (manifest, "--manifest"),
-        (families, "--families"),
-        (trials, "--trials"),
-    ):
-        if path is not None and not path.exists():
-            raise fail(f"{opt} {path}: no such file or directory")
-    from cltm.transfer.evaluators import LOGISTIC_SOLVERS
-
-    if solver not in LOGISTIC_SOLVERS:
-        raise typer.BadParameter(
-            f"must be one of {', '.join(LOGISTIC_SOLVERS)}, not {solver!r}", param_hint="--solver"
-        )
+    check_inputs(
+        cache=cache,
+        embeddings=embeddings,
+        from_runs=from_runs,
+        manifest=manifest,
+        families=families,
+        trials=trials,
+    )
+    settings = probe_settings(probe, solver, hidden, patience, max_epochs, no_early_stopping)
     if parallel not in ("joblib", "dask", "ray"):
         raise typer.BadParameter(f"must be joblib, dask or ray, not {parallel!r}", param_hint="--parallel")
+    try:
+        layer_tokens(layers)
+    except ValueError as err:
+        raise fail(str(err)) from None
     try:
         family_map = load_families(families)
     except (OSError, ValueError) as err:
@@ -225,19 +336,7 @@ def matrix_command(
                 raise fail(
                     "--task is required with --cache or --embeddings (gender, speaker or a label column)"
                 )
-            from cltm.corpus import read_manifest
-
-            man = read_manifest(manifest, resolve=False) if manifest is not None else None
-            if cache is not None:
-                from cltm.store import Cache
-
-                features = Cache.open(cache)
-                if man is not None and man.height != features.manifest.height:
-                    raise fail(f"--manifest has {man.height} rows, the cache {features.manifest.height}")
-            else:
-                from cltm.transfer.embeddings import load_embeddings
-
-                features, man = load_embeddings(embeddings, man)
+            features, man = load_features(cache, embeddings, manifest)
             trial_list = None
             if trials is not None:
                 from cltm.corpus.manifest import read_table
@@ -248,50 +347,110 @@ def matrix_command(
                     raise fail(
                         f"--trials {trials}: missing column(s) {sorted(missing)}; need enroll, test, label"
                     )
-            result = run_matrix(
-                features,
-                man,
-                task,
+            seed_spec = _parse_seeds(seeds)
+            plan = PlanSettings(
                 n=n,
-                seeds=_parse_seeds(seeds),
-                probe=probe,
-                layers=parse_layers(layers),
-                languages=_split_list(languages),
-                donors=_split_list(donors),
-                metric=metric,
-                zero_shot=not no_zero_shot,
-                n_jobs=n_jobs,
-                parallel=parallel,
-                scheduler=scheduler,
-                progress=not quiet,
+                seeds=seed_spec if isinstance(seed_spec, int) else tuple(seed_spec),
+                layers=layers,
+                languages=tuple(_split_list(languages)) if _split_list(languages) else None,
+                donors=tuple(_split_list(donors)) if _split_list(donors) else None,
+                conditions=chosen_conditions(conditions, no_zero_shot),
+                test_fraction=test_fraction,
                 trials=trial_list,
+                folds=folds,
+                classes=tuple(_split_list(classes)) if _split_list(classes) else None,
+                metric=metric,
                 families=family_map,
-                model=model,
-                solver=solver,
+                predictions=predictions,
             )
+            total = layer_count(features, layers, settings)
+            with layer_progress(not quiet, f"CLTM sweep ({task})", total) as advance:
+                result = run_matrix(
+                    features,
+                    man,
+                    task,
+                    plan=plan,
+                    probe=settings,
+                    execution=ExecutionSettings(
+                        n_jobs=n_jobs, parallel=parallel, scheduler=scheduler, progress=advance, model=model
+                    ),
+                )
     except typer.Exit:
         raise
+    except NothingToRun as err:
+        raise fail(f"nothing could be computed: {err}", EXIT_FAILED) from None
     except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
         raise fail(str(err)) from None
 
-    write_results(
-        out,
-        result.runs,
-        result.matrices,
-        result.properties,
-        skipped=result.skipped,
-        language_scores=result.language_scores,
+    # a plan without self and pair (e.g. --conditions zero_shot) gives runs, not matrices
+    matrix_plan = from_runs is not None or {"self", "pair"} <= set(
+        chosen_conditions(conditions, no_zero_shot)
     )
-    if not quiet:
-        if result.properties.height:
-            print_summary(result.properties, result.skipped)
-        else:
-            print_summary(result.properties.clear(), result.skipped)
-            typer.echo("no matrix could be computed (see the languages left out above)")
+    if (result.properties.height if matrix_plan else result.runs.height) == 0:
+        # nothing to write over an earlier result: say why, exit 1
+        from rich.console import Console
+
+        print_left_out(Console(stderr=True), None, getattr(result, "notes", ()))
+        raise fail(nothing_computed_message(result, "matrix"), EXIT_FAILED)
+    write_engine_results(out, result)
+    if not quiet and not matrix_plan:
+        from rich.console import Console
+
+        from cltm.transfer.runner import layer_scores
+
+        conds = sorted(result.runs["condition"].unique().to_list())
+        typer.echo(layer_scores(result, conds).drop("task", "model", "probe"))
+        print_left_out(Console(), result.skipped, getattr(result, "notes", ()))
         typer.echo(
-            f"wrote {out}/runs.parquet, matrices.parquet, properties.parquet "
-            f"({result.matrices.height} cells, {pl.DataFrame(result.properties).height} matrices)"
+            f"wrote {out}/runs.parquet, confusion.parquet ({result.runs.height} runs; "
+            "no CLTM without self and pair)"
         )
+    elif not quiet:
+        print_summary(result.properties, result.skipped, result.notes)
+        typer.echo(
+            f"wrote {out}/runs.parquet, matrices.parquet, properties.parquet, confusion.parquet "
+            f"({result.matrices.height} cells, {result.properties.height} matrices)"
+        )
+
+
+def chosen_conditions(text: str | None, no_zero_shot: bool) -> tuple[str, ...]:
+    """``--conditions`` (comma list) or the default four, less zero_shot with ``--no-zero-shot``."""
+    from cltm.transfer.tables import CONDITIONS
+
+    chosen = tuple(_split_list(text) or CONDITIONS)
+    unknown = [c for c in chosen if c not in CONDITIONS]
+    if unknown:
+        raise typer.BadParameter(f"unknown condition(s) {unknown}; choose from {', '.join(CONDITIONS)}")
+    chosen = tuple(c for c in chosen if not (no_zero_shot and c == "zero_shot"))
+    if not chosen:
+        raise typer.BadParameter("no condition left to run", param_hint="--conditions")
+    return chosen
+
+
+def layer_count(features, layers, settings) -> int | None:
+    """How many layer steps the engine will report (1 for a multi-layer probe); None when unknown."""
+    from cltm.layers import parse_layers
+    from cltm.transfer.evaluators import PROBES, canonical_probe_name
+
+    if settings.name and PROBES.get(canonical_probe_name(settings.name)) is not None:
+        if PROBES[canonical_probe_name(settings.name)].multi_layer:
+            return 1
+    try:
+        return len(
+            parse_layers(layers, features.n_layers if hasattr(features, "n_layers") else len(features))
+        )
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def layer_progress(enabled: bool, title: str, total: int | None = None):
+    """A counting bar over layers drawn by the CLI; yields the engine's ``progress(k)`` callback."""
+    from cltm.progress import counting_progress
+
+    with counting_progress("layers", title=title, enabled=enabled, transient=True) as bar:
+        task = bar.add_task("layers", total=total)
+        yield lambda k: bar.advance(task, k)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,6 @@ excluded) together with the row's ``utt_id`` when it has one.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from cltm.fileio import atomic_write
+from cltm.tasks import GENDER_ALIASES, normalize_gender, normalize_genders
 
 __all__ = [
     "COLUMNS",
@@ -127,40 +127,7 @@ class ManifestError(ValueError):
 # Gender normalisation
 # ----------------------------------------------------------------------------------------------------------
 
-#: Values mapped to the two binary classes. Common Voice used ``male``/``female``/``other`` until v16 and
-#: ``male_masculine``/``female_feminine``/``intersex``/``transgender``/``non-binary``/``do_not_wish_to_say``
-#: since; values not listed here are kept (lower-cased) and left out of binary tasks by the task code.
-GENDER_ALIASES: dict[str, str] = {
-    "male": "male",
-    "male_masculine": "male",
-    "m": "male",
-    "man": "male",
-    "female": "female",
-    "female_feminine": "female",
-    "f": "female",
-    "woman": "female",
-}
-
-
-# One explicit set for both versions: Python's str.strip and polars' strip_chars differ on control chars.
-_SPACES = " \t\n\r\x0b\x0c"
-
-
-def normalize_gender(value: Any) -> str | None:
-    """Map one gender value to ``"female"``/``"male"``; other values lower-cased; empty/None/NaN -> None."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    text = str(value).strip(_SPACES).lower()
-    if not text:
-        return None
-    return GENDER_ALIASES.get(text, text)
-
-
-def normalize_genders(values: pl.Series) -> pl.Series:
-    """Vectorised :func:`normalize_gender` over a polars Series (same rules), named ``gender``."""
-    text = values.cast(pl.String).str.strip_chars(_SPACES).str.to_lowercase()
-    text = pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text)).to_series()
-    return text.replace(GENDER_ALIASES).alias("gender")
+# The gender vocabularies are task facts: they live in cltm.tasks (re-exported here for old imports).
 
 
 # ----------------------------------------------------------------------------------------------------------

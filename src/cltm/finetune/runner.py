@@ -52,13 +52,12 @@ from cltm.finetune.runs import (
 )
 from cltm.finetune.train import TrainLog, TrainSettings, embed_utterances, predict_logits, train_classifier
 from cltm.progress import counting_progress
+from cltm.tasks import VERIFICATION_TASKS
 from cltm.transfer.conditions import ConditionPlan
 
 #: Every condition a fine-tune run can have, in run order. The CLTM needs the first three.
 FINETUNE_CONDITIONS: tuple[str, ...] = ("single", "self", "pair", "zero_shot", "sequential")
 CLTM_CONDITIONS: tuple[str, ...] = ("single", "self", "pair")
-# TODO(tasks): take from cltm.tasks (is_verification) once the task registry is merged
-VERIFICATION_TASKS = frozenset({"speaker"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,16 +350,13 @@ def _class_index(values: Sequence[str], classes: Sequence[str]) -> np.ndarray:
 
 def task_labels(manifest: pl.DataFrame, task: str) -> pl.Series:
     """The labels a task trains on, one per manifest row, as text (genders normalised as the planner does)."""
-    # TODO(tasks): becomes cltm.tasks.get_task(task, manifest).labels(manifest) once the registry is merged
+    from cltm.tasks import get_task
+
     column = label_column(task)
     if column not in manifest.columns:
         raise FinetuneError(f"the manifest has no {column!r} column for task {task!r}")
-    labels = manifest[column].cast(pl.String)
-    if column == "gender":  # the planner classifies normalised genders; train on the same values
-        from cltm.corpus.manifest import normalize_genders
-
-        labels = normalize_genders(labels)
-    return labels
+    # the planner classifies labels normalised by the task registry; train on the same values
+    return get_task(task, label=column).normalise(manifest[column]).cast(pl.String)
 
 
 def dev_rows(

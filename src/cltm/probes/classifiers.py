@@ -132,13 +132,23 @@ def _train_torch(
     validation_fraction: float,
     patience: int,
     seed: int,
+    early_stopping: bool = True,
+    X_val: np.ndarray | None = None,
+    codes_val: np.ndarray | None = None,
 ) -> tuple[int, float]:
-    """Adam on class-balanced cross-entropy; early stopping on a stratified held-out part (best restored)."""
+    """Adam on class-balanced cross-entropy; early stopping (best restored) on the given validation rows
+    (a dev split), else on a stratified held-out part of the training rows; never on test rows.
+    ``early_stopping=False`` trains ``max_epochs`` epochs and keeps the last weights."""
     rows = np.arange(len(X))
     counts = np.bincount(codes, minlength=n_classes)
     n_held_out = int(len(X) * validation_fraction)
     can_hold_out = validation_fraction > 0 and n_held_out >= n_classes and counts.min() >= 2
-    if can_hold_out:
+    if X_val is not None and len(X_val):
+        # the dev rows follow the training rows in one tensor; validation indexes them
+        X = np.concatenate([X, X_val])
+        codes = np.concatenate([codes, codes_val])
+        train_rows, val_rows = rows, np.arange(len(rows), len(X))
+    elif can_hold_out and early_stopping:
         train_rows, val_rows = train_test_split(
             rows, test_size=validation_fraction, random_state=seed, stratify=codes
         )
@@ -165,10 +175,15 @@ def _train_torch(
         model.eval()
         with torch.no_grad():
             val_loss = float(loss_fn(model(Xt[val_idx]), yt[val_idx]))
+        if not early_stopping:
+            best = (val_loss, epoch, best[2])
+            continue
         if val_loss < best[0] - 1e-6:
             best = (val_loss, epoch, [p.detach().clone() for p in model.parameters()])
         elif epoch - best[1] >= patience:
             break
+    if not early_stopping:
+        return epoch, best[0]
     with torch.no_grad():
         for p, saved in zip(model.parameters(), best[2], strict=True):
             p.copy_(saved)
@@ -181,7 +196,8 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
     def _build(self, X: np.ndarray, n_classes: int) -> torch.nn.Module:
         raise NotImplementedError
 
-    def fit(self, X, y) -> _TorchProbe:
+    def fit(self, X, y, X_val=None, y_val=None) -> _TorchProbe:
+        """``X_val`` / ``y_val``: early-stopping rows (a dev split); default: a held-out part of X."""
         X, y = _check_Xy(X, y, self._input_ndim)
         self.classes_ = unique_labels(y)
         codes = np.searchsorted(self.classes_, y)
@@ -189,6 +205,12 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
         self.mean_ = X.mean(0)
         self.scale_ = np.where(X.std(0) > 0, X.std(0), 1.0)
         Xs = (X - self.mean_) / self.scale_
+        Xv = cv = None
+        if X_val is not None and len(X_val):
+            y_val = np.asarray(y_val)
+            keep = np.isin(y_val, self.classes_)  # dev classes the training rows lack cannot be scored
+            Xv = (np.asarray(X_val, dtype=np.float64)[keep] - self.mean_) / self.scale_
+            cv = np.searchsorted(self.classes_, y_val[keep])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.model_ = self._build(Xs, len(self.classes_))
@@ -204,6 +226,9 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
                 validation_fraction=self.validation_fraction,
                 patience=self.patience,
                 seed=self.seed,
+                early_stopping=self.early_stopping,
+                X_val=Xv,
+                codes_val=cv,
             )
         self.model_.eval()
         return self
@@ -230,7 +255,12 @@ class _TorchProbe(ClassifierMixin, BaseEstimator):
 
 
 class MLPProbe(_TorchProbe):
-    """Small MLP probe: ``hidden`` sizes (default dim/6, dim/48: 128, 16 for 768-dim input), ReLU, dropout."""
+    """Small MLP probe: ``hidden`` sizes (default dim/6, dim/48: 128, 16 for 768-dim input), ReLU, dropout.
+
+    Early stopping (``early_stopping``, ``patience`` epochs without a better validation loss) uses the dev
+    rows given to ``fit(X, y, X_val=, y_val=)`` (the engine passes the training languages' dev split), else a
+    stratified ``validation_fraction`` of the training rows; never test rows.
+    """
 
     def __init__(
         self,
@@ -243,6 +273,7 @@ class MLPProbe(_TorchProbe):
         validation_fraction: float = 0.15,
         patience: int = 15,
         seed: int = 0,
+        early_stopping: bool = True,
     ):
         self.hidden = hidden
         self.dropout = dropout
@@ -253,6 +284,7 @@ class MLPProbe(_TorchProbe):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.seed = seed
+        self.early_stopping = early_stopping
 
     def _build(self, X: np.ndarray, n_classes: int) -> torch.nn.Module:
         hidden = tuple(self.hidden) if self.hidden is not None else _default_hidden(X.shape[1])
@@ -290,6 +322,7 @@ class WeightedLayerSumProbe(_TorchProbe):
         validation_fraction: float = 0.15,
         patience: int = 20,
         seed: int = 0,
+        early_stopping: bool = True,
     ):
         self.hidden = hidden
         self.dropout = dropout
@@ -300,6 +333,7 @@ class WeightedLayerSumProbe(_TorchProbe):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.seed = seed
+        self.early_stopping = early_stopping
 
     def _build(self, X: np.ndarray, n_classes: int) -> torch.nn.Module:
         return _LayerSum(X.shape[1], _mlp(X.shape[2], tuple(self.hidden), n_classes, self.dropout))

@@ -17,7 +17,15 @@ as in ``single``, and the same N of j as j's own ``single``), ``zero_shot`` = ro
 ``single`` and ``self`` the donor is the target itself.
 
 A language that cannot give 2N training rows (or has no usable test set) is reported in ``skipped`` (language,
-reason) and left out as target and donor: never a crash.
+reason with the numbers it has and needs) and left out as target and donor: never a crash. A layer study that
+needs no 2N (``double=False``: ``single`` / ``zero_shot`` only) draws just N, or every training row
+(``n=None``).
+
+Small corpora: rows of a ``dev`` split are never trained or tested on; they are each language's early-stopping
+set (``dev_rows``: the MLP probe stops on the dev rows of its training languages, never on test rows).
+``folds=K`` replaces the train/test split by speaker-independent K-fold: per language, speakers are dealt into
+K folds (seeded by ``split_seed``, stratified by each speaker's majority class), fold k's speakers are the
+test set of plan k and the other folds' speakers its training pool, so every speaker is tested exactly once.
 """
 
 from __future__ import annotations
@@ -32,13 +40,13 @@ from cltm.corpus.sampling import (
     SamplingError,
     balanced_subset,
     make_trials,
+    seeded_rank,
     speaker_disjoint_split,
     speaker_subset,
 )
+from cltm.tasks import Task, check_task_column, get_task
 from cltm.transfer.tables import SKIPPED_COLUMNS
 
-GENDER_CLASSES: tuple[str, ...] = ("female", "male")
-VERIFICATION_TASKS = frozenset({"speaker"})
 ROW = "_cltm_row"
 
 
@@ -57,10 +65,9 @@ def seed_list(seeds: int | Iterable[int]) -> list[int]:
 
 
 def task_label(task: str, label: str | None = None) -> str | None:
-    """The manifest column a task classifies (None for speaker verification)."""
-    if task in VERIFICATION_TASKS:
-        return None
-    return label or task
+    """The manifest column a task classifies (None for speaker verification); facts from ``cltm.tasks``."""
+    spec = get_task(task, label=label)
+    return None if spec.is_verification else spec.label
 
 
 @dataclass(eq=False)
@@ -92,6 +99,8 @@ class LanguagePlan:
     trials: pl.DataFrame | None
     rows_n: dict[int, np.ndarray] = field(default_factory=dict)
     rows_2n: dict[int, np.ndarray] = field(default_factory=dict)
+    dev_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fold: int | None = None
 
 
 class ConditionPlans(list):
@@ -118,13 +127,6 @@ def _with_split(manifest: pl.DataFrame, test_fraction: float, split_seed: int) -
     return speaker_disjoint_split(manifest, test_fraction=test_fraction, seed=split_seed)
 
 
-def _classes(manifest: pl.DataFrame, task: str, label: str) -> list[str]:
-    if task == "gender":
-        return list(GENDER_CLASSES)
-    values = manifest[label].drop_nulls().unique().to_list()
-    return sorted(values, key=str)
-
-
 def _trial_rows(trials: pl.DataFrame, row_of: dict[str, int]) -> pl.DataFrame:
     missing = [u for u in set(trials["enroll"].to_list()) | set(trials["test"].to_list()) if u not in row_of]
     if missing:
@@ -139,11 +141,23 @@ def _trial_rows(trials: pl.DataFrame, row_of: dict[str, int]) -> pl.DataFrame:
     )
 
 
+def _speaker_folds(frame: pl.DataFrame, label_col: str | None, k: int, seed: int) -> pl.DataFrame:
+    """A ``_fold`` column 0..k-1 per speaker, per language: speakers in a seeded order, dealt round-robin
+    (within each speaker's majority class for classification, so every fold sees every class it can)."""
+    by = frame.group_by("language", "speaker").agg(
+        (pl.col(label_col).drop_nulls().mode().sort().first() if label_col else pl.lit("")).alias("_major")
+    )
+    by = by.with_columns(pl.Series("_srank", seeded_rank(by["speaker"].cast(pl.String).to_list(), seed)))
+    by = by.sort("language", "_major", "_srank", "speaker", nulls_last=True)
+    by = by.with_columns((pl.int_range(pl.len()).over("language") % k).cast(pl.Int64).alias("_fold"))
+    return frame.join(by.select("language", "speaker", "_fold"), on=["language", "speaker"], how="left")
+
+
 def plan_languages(
     manifest: pl.DataFrame,
-    task: str,
+    task: str | Task,
     *,
-    n: int,
+    n: int | None,
     seeds: int | Iterable[int],
     languages: Sequence[str] | None = None,
     label: str | None = None,
@@ -153,39 +167,67 @@ def plan_languages(
     trial_seed: int = 0,
     max_targets_per_speaker: int = 20,
     usable_column: str | None = None,
+    double: bool = True,
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> tuple[dict[str, LanguagePlan], pl.DataFrame]:
     """Per-language test sets and nested training subsets; returns ``(plans by language, skipped)``.
 
-    ``n``: N per class for classification tasks, N utterances for ``speaker``. ``trials``: an optional user
-    trial list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment utterance's
-    language. ``usable_column``: a boolean column; rows where it is false (e.g. never extracted) are left out
-    everywhere, while row indices still count every manifest row.
+    ``n``: N per class for classification tasks, N utterances for ``speaker``; ``None`` trains on every
+    training row (only without ``double``). ``double``: the plan needs 2N (the ``self`` and ``pair``
+    conditions); without it only N is drawn (``single`` / ``zero_shot`` layer studies). ``trials``: an
+    optional user trial list (``enroll``, ``test``, ``label`` utt_ids), split per language by the enrolment
+    utterance's language. ``usable_column``: a boolean column; rows where it is false (e.g. never extracted)
+    are left out everywhere, while row indices still count every manifest row. Rows of the ``dev`` split are
+    never trained or tested on: they are the early-stopping set (``LanguagePlan.dev_rows``). ``folds`` /
+    ``fold``: speaker-independent K-fold; the test set of ``fold`` is that fold's speakers (every speaker is
+    tested in exactly one fold), the training pool the other folds' speakers (the manifest's train/test split
+    is not used then).
     """
-    if n < 1:
+    if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if n is None and double:
+        raise ValueError("the matrix conditions (self, pair) need N: give n, or plan only single / zero_shot")
+    if folds is not None:
+        if folds < 2:
+            raise ValueError(f"folds must be >= 2, got {folds}")
+        if fold is None or not 0 <= fold < folds:
+            raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
     seeds_ = seed_list(seeds)
     if "language" not in manifest.columns:
         raise ValueError("the manifest has no `language` column")
-    label_col = task_label(task, label)
+    spec = get_task(task, label=label)
+    label_col = None if spec.is_verification else spec.label
     need = ["utt_id", "language"] + (["speaker"] if label_col is None else [label_col])
     missing = [c for c in need if c not in manifest.columns]
     if missing:
         raise ValueError(
-            f"task {task!r} needs manifest column(s) {missing}; the manifest has {manifest.columns}"
+            f"task {spec.name!r} needs manifest column(s) {missing}; the manifest has {manifest.columns}"
             + ("" if label_col is None else " (any label column can be a task: --task COLUMN)")
         )
+    check_task_column(spec, manifest)
     frame = manifest.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
     if usable_column is not None:
         frame = frame.filter(pl.col(usable_column)).drop(usable_column)
-    if label_col == "gender":
-        from cltm.corpus.manifest import normalize_genders
-
-        frame = frame.with_columns(normalize_genders(frame["gender"]))
-    frame = _with_split(frame, test_fraction, split_seed)
+    if label_col is not None:
+        # one normalisation for every command (tasks.py): '' and nulls are missing labels, not classes
+        frame = frame.with_columns(spec.normalise(frame[label_col]).alias(label_col))
+    if folds is not None:
+        if "speaker" not in frame.columns:
+            raise ValueError("--folds needs a `speaker` column: the folds are speaker-independent")
+        dev = frame["split"] == "dev" if "split" in frame.columns else pl.Series([False] * frame.height)
+        body = _speaker_folds(frame.filter(~dev.fill_null(False)), label_col, folds, split_seed)
+        body = body.with_columns(
+            pl.when(pl.col("_fold") == fold).then(pl.lit("test")).otherwise(pl.lit("train")).alias("split")
+        ).drop("_fold")
+        devs = frame.filter(dev.fill_null(False))
+        frame = pl.concat([body, devs.with_columns(pl.lit("dev").alias("split"))], how="diagonal_relaxed")
+    else:
+        frame = _with_split(frame, test_fraction, split_seed)
     present = frame["language"].unique(maintain_order=True).to_list()
     wanted = list(dict.fromkeys(languages)) if languages is not None else sorted(present, key=str)
     skipped: list[tuple[str, str]] = [(lang, "not in the manifest") for lang in wanted if lang not in present]
-    classes = _classes(frame, task, label_col) if label_col is not None else None
+    classes = spec.class_list(frame) if label_col is not None else None
     row_of = dict(zip(frame["utt_id"].to_list(), frame[ROW].to_list(), strict=True))
     lang_of = dict(zip(frame["utt_id"].to_list(), frame["language"].to_list(), strict=True))
 
@@ -196,15 +238,29 @@ def plan_languages(
         rows = frame.filter(pl.col("language") == lang)
         train_pool = rows.filter(pl.col("split") == "train")
         test_pool = rows.filter(pl.col("split") == "test")
+        dev_pool = rows.filter(pl.col("split") == "dev")
         stage = "no usable test set"
         try:
             if label_col is not None:
                 train_pool = train_pool.filter(pl.col(label_col).is_in(classes))
                 test_pool = test_pool.filter(pl.col(label_col).is_in(classes))
+                dev_pool = dev_pool.filter(pl.col(label_col).is_in(classes))
                 have = set(test_pool[label_col].unique().to_list())
                 if have != set(classes):
+                    lacking = sorted(set(classes) - have)
+                    if folds is not None:
+                        speakers = {
+                            c: rows.filter(pl.col(label_col) == c)["speaker"].n_unique() for c in lacking
+                        }
+                        raise SamplingError(
+                            f"fold {fold} has no test speaker of {lacking}: --folds {folds} needs at least "
+                            f"{folds} speakers per class (speakers are dealt to folds by their majority "
+                            f"class; speakers with the class: {speakers}); use fewer folds or --classes"
+                        )
                     raise SamplingError(
-                        f"the test split has classes {sorted(map(str, have))}, needs all of {classes}"
+                        f"the test split has classes {sorted(map(str, have))}, needs all of {classes} "
+                        f"(no test utterance of {lacking}: it needs at least 1 of each; --classes keeps only "
+                        "the classes every language has)"
                     )
                 test_rows = test_pool[ROW].to_numpy()
                 lang_trials = None
@@ -235,22 +291,47 @@ def plan_languages(
                 test_rows = np.unique(
                     np.concatenate([lang_trials["enroll_row"].to_numpy(), lang_trials["test_row"].to_numpy()])
                 )
-            plan = LanguagePlan(language=lang, test_rows=test_rows, trials=lang_trials)
-            stage = f"too little training data for 2N={2 * n}"
+            plan = LanguagePlan(
+                language=lang,
+                test_rows=test_rows,
+                trials=lang_trials,
+                dev_rows=dev_pool[ROW].to_numpy(),
+                fold=fold,
+            )
+            if n is None:
+                stage = "no training data"
+                if label_col is not None:
+                    counts = dict(train_pool.group_by(label_col).len().iter_rows())
+                    short = [c for c in classes if counts.get(c, 0) < 1]
+                    if short:
+                        raise SamplingError(f"no training utterance of {short} (it needs at least 1 of each)")
+                elif train_pool["speaker"].n_unique() < 2:
+                    raise SamplingError(
+                        f"{train_pool['speaker'].n_unique()} training speaker(s); a back-end needs at least 2"
+                    )
+                every = train_pool.sort(ROW)[ROW].to_numpy()
+                for s in seeds_:
+                    plan.rows_n[s] = every
+                plans[lang] = plan
+                continue
+            stage = f"too little training data for {'2N=' + str(2 * n) if double else 'N=' + str(n)}"
             for s in seeds_:
                 # both samplers return a prefix of one seeded order, so the N subset is the head of the 2N
                 # one (balanced_subset interleaves classes: its first N * classes rows are N per class)
+                size = 2 * n if double else n
                 if label_col is not None:
-                    big = balanced_subset(train_pool, label_col, 2 * n, seed=s, classes=classes)
+                    big = balanced_subset(train_pool, label_col, size, seed=s, classes=classes)
                     small = big.head(n * big[label_col].n_unique())
                 else:
-                    big = speaker_subset(train_pool, 2 * n, seed=s)
+                    big = speaker_subset(train_pool, size, seed=s)
                     small = big.head(n)
-                plan.rows_2n[s] = big[ROW].to_numpy()
+                if double:
+                    plan.rows_2n[s] = big[ROW].to_numpy()
                 plan.rows_n[s] = small[ROW].to_numpy()
             plans[lang] = plan
         except SamplingError as err:
-            skipped.append((lang, f"{stage}: {err}"))
+            where = f" (fold {fold})" if fold is not None else ""
+            skipped.append((lang, f"{stage}{where}: {err}"))
     skipped_df = pl.DataFrame(skipped, schema=SKIPPED_COLUMNS, orient="row")
     return plans, skipped_df
 

@@ -17,8 +17,10 @@ against.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -33,6 +35,7 @@ class Problem:
     condition: str
     donor: str
     train_rows: np.ndarray
+    dev_rows: np.ndarray | None = None  # early-stopping rows of the training languages (never test rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,28 +90,59 @@ def distinct_training_sets(groups: list) -> tuple[list[np.ndarray], list[list[in
     return sets, which
 
 
-# evaluate(X, labels, groups, options) -> per group, one metrics dict per problem, in order. All groups of one
+# evaluate(X, labels, groups, options) -> per group, one result dict per problem, in order. All groups of one
 # call share a (layer, seed), so an evaluator may batch across targets and reuse per-language work.
-Evaluator = Callable[[np.ndarray, np.ndarray, list, dict], list[list[dict[str, float]]]]
+# Classification results hold the metric columns plus "_pred" (class codes on the test rows), "_scores"
+# ([n_test, classes] probabilities, when options["scores"]) and, for wsum, "_layer_weights".
+Evaluator = Callable[[np.ndarray, np.ndarray, list, dict], list[list[dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
 class ProbeSpec:
+    """One registered probe: its canonical name, kind, fast and one-fit-per-problem evaluators.
+
+    ``multi_layer``: the probe takes every selected layer at once ([n, layers, dim]: ``wsum``) and gives
+    one run per training set with a null ``layer``. ``estimator``: a factory ``(options, seed) -> estimator``
+    for classification probes (``None`` for the verification back-ends).
+    """
+
     name: str
     kind: str  # "classification" | "verification"
     fast: Evaluator
     naive: Evaluator
     description: str
+    multi_layer: bool = False
+    estimator: Callable[[dict, int], Any] | None = None
 
 
 PROBES: dict[str, ProbeSpec] = {}
 
+#: Old spellings still accepted (the tables always carry the canonical name).
+ALIASES: dict[str, str] = {
+    "lda-cosine": "lda_cosine",
+    "plda-full": "plda_full",
+    "plda-snorm": "plda+snorm",
+    "cosine-asnorm": "cosine+asnorm",
+    "logistic": "logreg",
+}
 
-def register_probe(name: str, kind: str, description: str) -> Callable[[Evaluator], Evaluator]:
+#: Score normalisations a verification back-end can carry: ``BACKEND+snorm`` / ``BACKEND+asnorm``.
+NORMS: tuple[str, ...] = ("snorm", "asnorm")
+
+
+def register_probe(
+    name: str,
+    kind: str,
+    description: str,
+    *,
+    multi_layer: bool = False,
+    estimator: Callable[[dict, int], Any] | None = None,
+) -> Callable[[Evaluator], Evaluator]:
     """Decorator registering the fast evaluator of a probe; ``register_naive`` adds its one-by-one twin."""
 
     def wrap(fn: Evaluator) -> Evaluator:
-        PROBES[name] = ProbeSpec(name, kind, fn, PROBES[name].naive if name in PROBES else fn, description)
+        naive = PROBES[name].naive if name in PROBES else fn
+        PROBES[name] = ProbeSpec(name, kind, fn, naive, description, multi_layer, estimator)
         return fn
 
     return wrap
@@ -117,7 +151,9 @@ def register_probe(name: str, kind: str, description: str) -> Callable[[Evaluato
 def register_naive(name: str) -> Callable[[Evaluator], Evaluator]:
     def wrap(fn: Evaluator) -> Evaluator:
         spec = PROBES[name]
-        PROBES[name] = ProbeSpec(spec.name, spec.kind, spec.fast, fn, spec.description)
+        PROBES[name] = ProbeSpec(
+            spec.name, spec.kind, spec.fast, fn, spec.description, spec.multi_layer, spec.estimator
+        )
         return fn
 
     return wrap
@@ -126,20 +162,81 @@ def register_naive(name: str) -> Callable[[Evaluator], Evaluator]:
 DEFAULT_PROBE = {"classification": "logreg", "verification": "plda"}
 
 
-def get_probe(name: str | None, kind: str) -> ProbeSpec:
-    name = name or DEFAULT_PROBE[kind]
+def canonical_probe_name(name: str) -> str:
+    """``lda-cosine`` -> ``lda_cosine``, ``plda-snorm`` / ``PLDA_SNORM`` -> ``plda+snorm`` (the grammar is
+    ``BASE`` or ``BASE+NORM`` with NORM in snorm, asnorm)."""
+    text = name.strip().lower()
+    if text in ALIASES:
+        return ALIASES[text]
+    for norm in NORMS:
+        for sep in ("-", "_", "+"):
+            if text.endswith(sep + norm):
+                base = text[: -len(norm) - 1].replace("-", "_")
+                return f"{ALIASES.get(base, base)}+{norm}"
+    return ALIASES.get(text, text.replace("-", "_"))
+
+
+def probe_names(kind: str | None = None) -> list[str]:
+    """The registered probe names (of one kind), in registration order."""
+    return [name for name, spec in PROBES.items() if kind is None or spec.kind == kind]
+
+
+def get_probe(name: Any, kind: str) -> ProbeSpec:
+    """The probe ``name`` (canonical, an alias, or a scikit-learn style estimator object) for a task kind."""
+    if name is not None and not isinstance(name, str):
+        return _estimator_spec(name, kind)
+    name = canonical_probe_name(name) if name else DEFAULT_PROBE[kind]
     if name not in PROBES:
-        raise ValueError(f"unknown probe {name!r}; known: {sorted(PROBES)}")
+        raise ValueError(
+            f"unknown probe {name!r}; known: {', '.join(PROBES)} (old spellings: {', '.join(ALIASES)})"
+        )
     spec = PROBES[name]
     if spec.kind != kind:
-        usable = sorted(p for p, s in PROBES.items() if s.kind == kind)
+        usable = probe_names(kind)
         raise ValueError(f"probe {name!r} is a {spec.kind} probe; this task needs one of {usable}")
     return spec
 
 
-def _classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    m = classification_metrics(y_true, y_pred)
-    return {"f1": m["f1"], "accuracy": m["accuracy"]}
+def _classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    y_pred = np.asarray(y_pred)
+    if y_true.dtype.kind in "iu" and y_pred.dtype.kind in "iu" and len(y_true) and y_true.min() >= 0:
+        m = _metrics_from_codes(y_true, y_pred)
+    else:
+        m = classification_metrics(y_true, y_pred)
+    return {"f1": m["f1"], "accuracy": m["accuracy"], "uar": m["uar"], "_pred": y_pred}
+
+
+def _binary_scores_by_column(y_true: np.ndarray, predicted: np.ndarray) -> list[dict[str, float]]:
+    """f1, accuracy (``binary_metrics_by_column``) and uar of many binary classifiers on one test set at once
+    (same definitions as ``classification_metrics``; uar = mean recall over the classes in the truth)."""
+    out = binary_metrics_by_column(y_true, predicted)
+    truth = np.asarray(y_true) == 1
+    pred = np.asarray(predicted).astype(bool)
+    recalls = []
+    if truth.any():
+        recalls.append((pred & truth[:, None]).sum(0) / truth.sum())
+    if (~truth).any():
+        recalls.append((~pred & ~truth[:, None]).sum(0) / (~truth).sum())
+    uar = np.mean(recalls, axis=0)
+    return [{**m, "uar": float(u)} for m, u in zip(out, uar, strict=True)]
+
+
+def _metrics_from_codes(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``classification_metrics`` for class codes 0..C-1 from one bincount (the sweep scores ~20 models per
+    test set; the general version sorts the labels first). Same definitions: macro-F1 over the classes in the
+    truth or the predictions, UAR over the classes in the truth."""
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k).astype(np.float64)
+    support, predicted = cm.sum(1), cm.sum(0)
+    seen = (support > 0) | (predicted > 0)
+    tp = np.diag(cm)
+    denom = (support + predicted)[seen]
+    f1 = np.divide(2 * tp[seen], denom, out=np.zeros_like(denom), where=denom > 0)
+    return {
+        "f1": float(f1.mean()),
+        "accuracy": float(tp.sum() / cm.sum()),
+        "uar": float(np.mean(tp[support > 0] / support[support > 0])),
+    }
 
 
 def _verification_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -151,28 +248,28 @@ def _verification_scores(labels: np.ndarray, scores: np.ndarray) -> dict[str, fl
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _logistic_estimator(options: dict):
-    """The one-by-one reference estimator: the probes' ``LogisticProbe`` when available, else sklearn's
-    pipeline."""
-    C = float(options.get("C", 1.0))
-    try:
-        from cltm.probes import LogisticProbe  # type: ignore[attr-defined]
+def _logistic_estimator(options: dict, seed: int = 0):
+    """The one-by-one reference estimator: ``LogisticProbe`` (standardise + balanced L2 logistic)."""
+    from cltm.probes.classifiers import LogisticProbe
 
-        return LogisticProbe(C=C)
-    except ImportError:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=2000, tol=1e-6)
-        )
+    return LogisticProbe(C=float(options.get("C", 1.0)))
 
 
 LOGISTIC_SOLVERS = ("shared", "sklearn", "batched")
 
 
-@register_probe("logreg", "classification", "L2 logistic regression on standardised features")
+def _with_scores(values: dict[str, Any], scores: np.ndarray | None) -> dict[str, Any]:
+    if scores is not None:
+        values["_scores"] = scores
+    return values
+
+
+@register_probe(
+    "logreg",
+    "classification",
+    "L2 logistic regression on standardised features, balanced class weights",
+    estimator=_logistic_estimator,
+)
 def logistic_fast(
     X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict
 ) -> list[list[dict]]:
@@ -209,22 +306,17 @@ def logistic_fast(
         for g, ids in zip(groups, which, strict=True):
             distinct = sorted(set(ids))
             decision = np.asarray(X[g.test_rows], np.float64) @ coef[distinct].T + intercept[distinct]
-            scores = dict(zip(distinct, binary_metrics_by_column(y[g.test_rows], decision > 0), strict=True))
-            out.append([dict(scores[k]) for k in ids])
+            y_test = y[g.test_rows]
+            pred = (decision > 0).astype(np.int64)
+            metrics = _binary_scores_by_column(y_test, pred)
+            scored = {}
+            for c, k in enumerate(distinct):
+                p1 = 1.0 / (1.0 + np.exp(-decision[:, c])) if options.get("scores") else None
+                scores = np.column_stack([1.0 - p1, p1]) if p1 is not None else None
+                scored[k] = _with_scores({**metrics[c], "_pred": pred[:, c]}, scores)
+            out.append([dict(scored[k]) for k in ids])
         return out
-
-    models = [_logistic_estimator(options).fit(X[rows], y[rows]) for rows in sets]
-    out = []
-    for g, ids in zip(groups, which, strict=True):
-        X_test, y_test = X[g.test_rows], y[g.test_rows]
-        cache: dict[int, dict] = {}
-        scores = []
-        for k in ids:
-            if k not in cache:
-                cache[k] = _classification_scores(y_test, models[k].predict(X_test))
-            scores.append(cache[k])
-        out.append([dict(v) for v in scores])
-    return out
+    return _fit_distinct_sets(X, y, groups, options, _logistic_estimator)
 
 
 @register_naive("logreg")
@@ -232,15 +324,148 @@ def logistic_naive(
     X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict
 ) -> list[list[dict]]:
     """One estimator fit per problem (the reference the fast path is checked against)."""
+    return _fit_each_problem(X, y, groups, options, _logistic_estimator)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Any scikit-learn style classifier: one fit per distinct training set (LDA, MLP, wsum, user estimators)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _fit(estimator: Any, X: np.ndarray, y: np.ndarray, problem: Problem) -> Any:
+    """Fit on the problem's training rows; estimators that early-stop get the dev rows (never test rows).
+
+    Rows are sorted first, so a fit is a function of the training *set* (pair (i, j) and (j, i) hold the same
+    rows in another order; a minibatch learner would otherwise give them different models)."""
+    rows = np.sort(problem.train_rows)
+    Xt, yt = X[rows], y[rows]
+    dev = np.sort(problem.dev_rows) if problem.dev_rows is not None else None
+    if dev is not None and len(dev) and "X_val" in inspect.signature(estimator.fit).parameters:
+        return estimator.fit(Xt, yt, X_val=X[dev], y_val=y[dev])
+    return estimator.fit(Xt, yt)
+
+
+def _predict(model: Any, X_test: np.ndarray, y_test: np.ndarray, n_classes: int, options: dict) -> dict:
+    pred = np.asarray(model.predict(X_test))
+    values = _classification_scores(y_test, pred)
+    if options.get("scores") and hasattr(model, "predict_proba"):
+        # probabilities over every class code 0..n_classes-1 (a model may not have seen them all)
+        proba = np.zeros((len(X_test), n_classes))
+        proba[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(X_test)
+        values["_scores"] = proba
+    if hasattr(model, "layer_weights_"):
+        values["_layer_weights"] = np.asarray(model.layer_weights_, dtype=np.float64)
+    return values
+
+
+def _fit_distinct_sets(
+    X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict, make: Callable
+) -> list[list[dict]]:
+    """One model per distinct training set of the (layer, seed), scored on every test set that needs it."""
+    seed = int(options.get("seed", 0))
+    index: dict[tuple[str, ...], int] = {}
+    models: list[Any] = []
     out = []
     for g in groups:
         X_test, y_test = X[g.test_rows], y[g.test_rows]
-        scores = []
+        cache: dict[int, dict] = {}
+        results = []
         for problem in g.problems:
-            est = _logistic_estimator(options).fit(X[problem.train_rows], y[problem.train_rows])
-            scores.append(_classification_scores(y_test, est.predict(X_test)))
-        out.append(scores)
+            key = training_set_key(g.target, problem)
+            if key not in index:
+                index[key] = len(models)
+                models.append(_fit(make(options, seed), X, y, problem))
+            k = index[key]
+            if k not in cache:
+                cache[k] = _predict(models[k], X_test, y_test, g.n_classes, options)
+            results.append(dict(cache[k]))
+        out.append(results)
     return out
+
+
+def _fit_each_problem(
+    X: np.ndarray, y: np.ndarray, groups: list[ClassificationGroup], options: dict, make: Callable
+) -> list[list[dict]]:
+    seed = int(options.get("seed", 0))
+    return [
+        [
+            _predict(_fit(make(options, seed), X, y, p), X[g.test_rows], y[g.test_rows], g.n_classes, options)
+            for p in g.problems
+        ]
+        for g in groups
+    ]
+
+
+def _estimator_evaluators(make: Callable) -> tuple[Evaluator, Evaluator]:
+    def fast(X: np.ndarray, y: np.ndarray, groups: list, options: dict) -> list[list[dict]]:
+        return _fit_distinct_sets(X, y, groups, options, make)
+
+    def naive(X: np.ndarray, y: np.ndarray, groups: list, options: dict) -> list[list[dict]]:
+        return _fit_each_problem(X, y, groups, options, make)
+
+    return fast, naive
+
+
+def _lda(options: dict, seed: int):
+    from cltm.probes.classifiers import LDAProbe
+
+    return LDAProbe(**options.get("lda", {}))
+
+
+def _torch_params(options: dict) -> dict:
+    return {k: v for k, v in options.get("mlp", {}).items() if v is not None}
+
+
+def _mlp(options: dict, seed: int):
+    from cltm.probes.classifiers import MLPProbe
+
+    return MLPProbe(seed=seed, **_torch_params(options))
+
+
+def _wsum(options: dict, seed: int):
+    from cltm.probes.classifiers import WeightedLayerSumProbe
+
+    params = _torch_params(options)
+    params.setdefault("hidden", ())
+    return WeightedLayerSumProbe(seed=seed, **params)
+
+
+_CLASSIFIERS: dict[str, tuple[Callable, str, bool]] = {
+    "lda": (_lda, "shrinkage LDA (Ledoit-Wolf)", False),
+    "mlp": (_mlp, "small MLP (hidden sizes, early stopping on dev, patience settable)", False),
+    "wsum": (_wsum, "weighted layer sum: softmax layer weights + a linear head over the layers", True),
+}
+for _name, (_make, _description, _multi) in _CLASSIFIERS.items():
+    _fast, _naive = _estimator_evaluators(_make)
+    register_probe(_name, "classification", _description, multi_layer=_multi, estimator=_make)(_fast)
+    register_naive(_name)(_naive)
+
+
+def _estimator_spec(estimator: Any, kind: str) -> ProbeSpec:
+    """A ProbeSpec around a user's estimator object (cloned per training set; ``seed`` set per run)."""
+    if kind != "classification":
+        raise ValueError("an estimator object can be the probe of a classification task only")
+    if not (hasattr(estimator, "fit") and hasattr(estimator, "predict")):
+        raise ValueError(f"probe {estimator!r} is neither a probe name nor an estimator with fit/predict")
+    from sklearn.base import clone
+
+    def make(options: dict, seed: int):
+        est = clone(estimator)
+        if "seed" in est.get_params():
+            est.set_params(seed=seed)
+        return est
+
+    known = {
+        "LogisticProbe": "logreg",
+        "LDAProbe": "lda",
+        "MLPProbe": "mlp",
+        "WeightedLayerSumProbe": "wsum",
+    }
+    cls = type(estimator).__name__
+    name = known.get(cls, cls)
+    fast, naive = _estimator_evaluators(make)
+    multi = cls == "WeightedLayerSumProbe"
+    return ProbeSpec(name, kind, fast, naive, f"user estimator {estimator!r}", multi, make)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -345,8 +570,43 @@ def _verification_naive(name: str):
     return evaluate
 
 
+def _normed(name: str, norm: str, options: dict):
+    """A fresh ``SNorm`` / ``ASNorm`` around the back-end ``name`` (cohort = the training vectors)."""
+    import cltm.probes as probes
+
+    cls, params = _backend(name, options)
+    wrapper = probes.SNorm if norm == "snorm" else probes.ASNorm
+    return wrapper(cls(**params), **options.get("norm_params", {}))
+
+
+def _verification_normed(name: str, norm: str, *, per_problem: bool):
+    def evaluate(X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], options: dict) -> list:
+        """Score normalisation needs the training vectors as its cohort, so no composed statistics: one
+        normalised back-end per distinct training set (``per_problem``: per problem, the reference)."""
+        models: dict[Any, Any] = {}
+        out = []
+        for g in groups:
+            results = []
+            for k, p in enumerate(g.problems):
+                key = (g.target, k) if per_problem else training_set_key(g.target, p)
+                if key not in models:
+                    models[key] = _normed(name, norm, options).fit(X[p.train_rows], speakers[p.train_rows])
+                results.append(_score_group(models[key], X, g.trials))
+            out.append(results)
+        return out
+
+    return evaluate
+
+
 for _name, (_cls, _defaults) in BACKENDS.items():
     register_probe(_name, "verification", f"{_cls}({_defaults}) from composed per-language statistics")(
         _verification_fast(_name)
     )
     register_naive(_name)(_verification_naive(_name))
+for _name in list(BACKENDS):
+    for _norm in NORMS:
+        _label = f"{_name}+{_norm}"
+        register_probe(_label, "verification", f"{_name} with {_norm} (cohort: the training vectors)")(
+            _verification_normed(_name, _norm, per_problem=False)
+        )
+        register_naive(_label)(_verification_normed(_name, _norm, per_problem=True))

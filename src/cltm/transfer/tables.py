@@ -295,6 +295,10 @@ class MatrixResult:
     language_scores: pl.DataFrame = field(default_factory=lambda: empty_frame(LANGUAGE_SCORES_COLUMNS))
     confusion: pl.DataFrame = field(default_factory=lambda: empty_frame(CONFUSION_COLUMNS))
     predictions: pl.DataFrame = field(default_factory=lambda: empty_frame(PREDICTIONS_COLUMNS))
+    #: what the sweep itself reports beside the tables (not part of the written set): the weighted-layer-sum
+    #: probe's layer weights, and notes such as rows excluded for non-finite embeddings
+    layer_weights: pl.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
 
     def tables(self) -> dict[str, pl.DataFrame]:
         """name -> table, in the order of ``RESULT_TABLES``."""
