@@ -48,8 +48,7 @@ def language_plans(man: pl.DataFrame, task: str, *, n: int, seeds: Sequence[int]
 
 def gender_labels(man: pl.DataFrame) -> np.ndarray:
     """0/1 class codes in the engine's class order (female, male); -1 for anything else."""
-    from cltm.corpus.manifest import normalize_genders
-    from cltm.transfer.conditions import GENDER_CLASSES
+    from cltm.tasks import GENDER_CLASSES, normalize_genders
 
     code = {c: k for k, c in enumerate(GENDER_CLASSES)}
     return np.array([code.get(v, -1) for v in normalize_genders(man["gender"]).to_list()], dtype=np.int64)

@@ -293,24 +293,32 @@ def test_per_class_recall_matches_sklearn():
         assert [got[c] for c in EMOTIONS] == pytest.approx(expected.tolist(), abs=1e-12)
 
 
-def test_matrix_summary_averages_stable_cells_only():
-    from cltm.cli.matrix import stable_summary
+def test_matrix_summary_averages_stable_cells_only(capsys):
+    from cltm.cli.matrix import print_summary
+    from cltm.transfer import MATRICES_COLUMNS, matrix_properties
+    from cltm.transfer.tables import conform
 
-    keys = {"task": "gender", "model": "m", "layer": 0, "probe": "logreg"}
-    cells = [
-        ("a", "b", 0.5, False),
-        ("b", "a", 0.1, False),
+    keys = {"task": "gender", "model": "m", "layer": 0, "probe": "logreg", "metric": "f1"}
+    cells = [  # target a's own-data gain is noise: its whole row is unstable
+        ("a", "b", 0.5, True),
         ("a", "c", -9.0, True),
+        ("b", "a", 0.1, False),
         ("c", "a", 0.3, False),
-        ("a", "a", 1.0, False),
+        ("b", "c", 0.5, False),
+        ("a", "a", 1.0, True),
     ]
     matrices = pl.DataFrame(
         [{**keys, "target": t, "donor": d, "cltm": v, "unstable": u} for t, d, v, u in cells]
     )
-    properties = pl.DataFrame([{**keys, "mean_offdiag": -2.0}])
-    row = stable_summary(matrices, properties).row(0, named=True)
+    properties, _ = matrix_properties(conform(matrices, MATRICES_COLUMNS))
+    row = properties.row(0, named=True)
+    assert row["mean_offdiag"] == pytest.approx(-7.6 / 5)  # the unstable row drags the plain mean
     assert row["n_stable"] == 3
-    assert row["stable_mean"] == pytest.approx(0.3) and row["stable_median"] == pytest.approx(0.3)
+    assert row["mean_offdiag_stable"] == pytest.approx(0.3)
+    assert row["median_offdiag_stable"] == pytest.approx(0.3)
+    print_summary(properties)  # the printed headline is the stable one
+    printed = capsys.readouterr().out
+    assert "0.300" in printed and "3/" in printed and "-1.520" not in printed
 
 
 def test_code_metrics_fast_path_equals_classification_metrics():
