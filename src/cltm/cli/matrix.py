@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli import _engine_options as _opt
 from cltm.cli._errors import EXIT_FAILED, fail
-from cltm.layers import GRAMMAR, layer_tokens
+from cltm.layers import layer_tokens
 
 ORDER = 50
 
@@ -208,7 +209,7 @@ def matrix_command(
     ),
     n: int = typer.Option(60, "--n", min=1, help="N: per class for classification, utterances for speaker."),
     seeds: str = typer.Option("10", "--seeds", help="Number of seeds (10 -> 0..9) or a list (0,1,2)."),
-    layers: str | None = typer.Option(None, "--layers", help=f"Layers: {GRAMMAR}."),
+    layers: str | None = _opt.LAYERS,
     languages: str | None = typer.Option(
         None, "--languages", help="Comma-separated languages (default all)."
     ),
@@ -223,47 +224,20 @@ def matrix_command(
         "sharing the products with the data), sklearn (one scikit-learn fit per distinct set, values "
         "identical to a per-cell loop) or batched (exact kernel Newton).",
     ),
-    hidden: str | None = typer.Option(
-        None, "--hidden", help="mlp/wsum hidden sizes, e.g. 128,16 (default for mlp: dim/6, dim/48)."
-    ),
-    patience: int | None = typer.Option(
-        None, "--patience", min=1, help="mlp/wsum: epochs without a better dev loss before stopping."
-    ),
-    max_epochs: int | None = typer.Option(None, "--max-epochs", min=1, help="mlp/wsum: most epochs."),
-    no_early_stopping: bool = typer.Option(
-        False, "--no-early-stopping", help="mlp/wsum: train --max-epochs epochs without early stopping."
-    ),
+    hidden: str | None = _opt.HIDDEN,
+    patience: int | None = _opt.PATIENCE,
+    max_epochs: int | None = _opt.MAX_EPOCHS,
+    no_early_stopping: bool = _opt.NO_EARLY_STOPPING,
     metric: str | None = typer.Option(
         None,
         "--metric",
         help="Matrix metric: f1 (macro-F1, default), accuracy, uar (unweighted average recall), auc (speaker "
         "default), eer, min_dcf_01, min_dcf_05.",
     ),
-    test_fraction: float = typer.Option(
-        0.25,
-        "--test-fraction",
-        min=0.01,
-        max=0.99,
-        help="Share of each language's speakers held out for testing when the manifest has no split.",
-    ),
-    folds: int | None = typer.Option(
-        None,
-        "--folds",
-        min=2,
-        help="Speaker-independent K-fold instead of one train/test split: every speaker is tested once; Perf "
-        "is the mean over folds x seeds, its SE over those runs. For small corpora.",
-    ),
-    classes: str | None = typer.Option(
-        None,
-        "--classes",
-        help="Keep only these classes of a label task, e.g. angry,happy,neutral,sad (the emotions every "
-        "language has); rows with other labels are left out.",
-    ),
-    predictions: bool = typer.Option(
-        False,
-        "--predictions",
-        help="Also write OUT/predictions.parquet (one row per test utterance and run).",
-    ),
+    test_fraction: float = _opt.TEST_FRACTION,
+    folds: int | None = _opt.FOLDS,
+    classes: str | None = _opt.CLASSES,
+    predictions: bool = _opt.PREDICTIONS,
     families: Path | None = typer.Option(
         None,
         "--families",

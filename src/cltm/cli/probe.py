@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from cltm.cli import _engine_options as _opt
 from cltm.cli._errors import EXIT_FAILED, fail
 from cltm.cli.matrix import (
     PROBE_HELP,
@@ -21,7 +22,7 @@ from cltm.cli.matrix import (
     probe_settings,
     write_engine_results,
 )
-from cltm.layers import GRAMMAR, layer_tokens
+from cltm.layers import layer_tokens
 
 ORDER = 40
 
@@ -56,7 +57,7 @@ def probe_command(
         help="'gender', 'speaker', or the name of any label column of the manifest (e.g. emotion).",
     ),
     out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
-    layers: str = typer.Option("all", "--layers", help=f"Layers: {GRAMMAR}."),
+    layers: str | None = _opt.LAYERS,
     probe: str | None = typer.Option(None, "--probe", help=PROBE_HELP),
     backend: str | None = typer.Option(
         None,
@@ -80,36 +81,15 @@ def probe_command(
     cross: bool = typer.Option(
         False, "--cross", help="Also train on each other language j and test on i (zero_shot), every layer."
     ),
-    test_fraction: float = typer.Option(
-        0.25,
-        "--test-fraction",
-        min=0.01,
-        max=0.99,
-        help="Share of speakers held out when the manifest has no split.",
-    ),
-    folds: int | None = typer.Option(
-        None, "--folds", min=2, help="Speaker-independent K-fold: every speaker tested exactly once."
-    ),
-    classes: str | None = typer.Option(
-        None,
-        "--classes",
-        help="Keep only these classes of a label task, e.g. angry,happy,neutral,sad (the emotions every "
-        "language has); rows with other labels are left out.",
-    ),
-    predictions: bool = typer.Option(
-        False,
-        "--predictions",
-        help="Also write OUT/predictions.parquet (one row per test utterance and run).",
-    ),
+    test_fraction: float = _opt.TEST_FRACTION,
+    folds: int | None = _opt.FOLDS,
+    classes: str | None = _opt.CLASSES,
+    predictions: bool = _opt.PREDICTIONS,
     solver: str = typer.Option("shared", "--solver", help="logreg solver: shared, sklearn or batched."),
-    hidden: str | None = typer.Option(None, "--hidden", help="mlp/wsum hidden sizes, e.g. 128,16."),
-    patience: int | None = typer.Option(
-        None, "--patience", min=1, help="mlp/wsum: epochs without a better dev loss before stopping."
-    ),
-    max_epochs: int | None = typer.Option(None, "--max-epochs", min=1, help="mlp/wsum: most epochs."),
-    no_early_stopping: bool = typer.Option(
-        False, "--no-early-stopping", help="mlp/wsum: train --max-epochs epochs without early stopping."
-    ),
+    hidden: str | None = _opt.HIDDEN,
+    patience: int | None = _opt.PATIENCE,
+    max_epochs: int | None = _opt.MAX_EPOCHS,
+    no_early_stopping: bool = _opt.NO_EARLY_STOPPING,
     no_pooled: bool = typer.Option(False, "--no-pooled", help="Skip the all-languages-pooled probe."),
 ) -> None:
     """Per-layer probe scores (per language and pooled) for layer selection."""

@@ -50,19 +50,29 @@ METRIC_COLUMNS: tuple[str, ...] = (
 )
 LOWER_IS_BETTER: frozenset[str] = frozenset({"eer", "min_dcf_01", "min_dcf_05"})
 CONDITIONS: tuple[str, ...] = ("single", "self", "pair", "zero_shot", "sequential")
-#: Columns that identify one matrix (one heatmap).
-MATRIX_KEYS: tuple[str, ...] = ("task", "model", "layer", "probe")
 
-RUNS_COLUMNS: dict[str, pl.DataType] = {
+#: The columns that identify one matrix, and one run (``fold`` is null unless the plan is K-fold): every table
+#: keyed by matrix or run starts with them.
+MATRIX_KEY_COLUMNS: dict[str, pl.DataType] = {
     "task": pl.String(),
     "model": pl.String(),
     "layer": pl.Int64(),
     "probe": pl.String(),
+}
+RUN_KEY_COLUMNS: dict[str, pl.DataType] = {
+    **MATRIX_KEY_COLUMNS,
     "condition": pl.String(),
     "target": pl.String(),
     "donor": pl.String(),
     "seed": pl.Int64(),
     "fold": pl.Int64(),
+}
+
+#: Columns that identify one matrix (one heatmap).
+MATRIX_KEYS: tuple[str, ...] = tuple(MATRIX_KEY_COLUMNS)
+
+RUNS_COLUMNS: dict[str, pl.DataType] = {
+    **RUN_KEY_COLUMNS,
     "n_train": pl.Int64(),
     **{name: pl.Float64() for name in METRIC_COLUMNS},
     "source": pl.String(),
@@ -76,10 +86,7 @@ AGGREGATE_COLUMNS: dict[str, pl.DataType] = {
 }
 
 MATRICES_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
+    **MATRIX_KEY_COLUMNS,
     "metric": pl.String(),
     "target": pl.String(),
     "donor": pl.String(),
@@ -96,10 +103,7 @@ MATRICES_COLUMNS: dict[str, pl.DataType] = {
 }
 
 PROPERTIES_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
+    **MATRIX_KEY_COLUMNS,
     "metric": pl.String(),
     "n_languages": pl.Int64(),
     "n_cells": pl.Int64(),
@@ -137,10 +141,7 @@ PROPERTIES_COLUMNS: dict[str, pl.DataType] = {
 #: Per-language receiver / donor scores (row / column sums of the positive off-diagonal parts) and how
 #: concentrated each row / column is (entropy in nats and Gini of its positive off-diagonal parts).
 LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
+    **MATRIX_KEY_COLUMNS,
     "language": pl.String(),
     "family": pl.String(),
     "receiver_score": pl.Float64(),
@@ -152,17 +153,8 @@ LANGUAGE_SCORES_COLUMNS: dict[str, pl.DataType] = {
 }
 
 #: Confusion counts of classification runs: one row per (run, true class, predicted class), count > 0.
-#: ``fold`` is null unless the plan is K-fold.
 CONFUSION_COLUMNS: dict[str, pl.DataType] = {
-    "task": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
-    "condition": pl.String(),
-    "target": pl.String(),
-    "donor": pl.String(),
-    "seed": pl.Int64(),
-    "fold": pl.Int64(),
+    **RUN_KEY_COLUMNS,
     "true": pl.String(),
     "pred": pl.String(),
     "count": pl.Int64(),
@@ -175,16 +167,8 @@ CONFUSION_COLUMNS: dict[str, pl.DataType] = {
 #: ``source`` is "probe", "finetune" or "human" (listener panels compared on the same utterances).
 PREDICTIONS_COLUMNS: dict[str, pl.DataType] = {
     "utt_id": pl.String(),
-    "task": pl.String(),
-    "model": pl.String(),
-    "layer": pl.Int64(),
-    "probe": pl.String(),
-    "condition": pl.String(),
-    "target": pl.String(),
-    "donor": pl.String(),
+    **RUN_KEY_COLUMNS,
     "train_languages": pl.String(),
-    "seed": pl.Int64(),
-    "fold": pl.Int64(),
     "true": pl.String(),
     "pred": pl.String(),
     "classes": pl.List(pl.String()),
