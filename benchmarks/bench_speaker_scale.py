@@ -1,16 +1,17 @@
 """One (layer, seed) of an L-language speaker sweep: cosine vs per-model PLDA fits vs ``fit_plda_many``.
 
-Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per language, N = 1,000; default 54
-languages: 54 + 54 + 1,431 = 1,539 distinct PLDA models). Measured in the same run:
+Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per language, N = 1,000; default
+54 languages: 54 + 54 + 1,431 = 1,539 distinct PLDA models). Measured in the same run:
 
 (a) the sweep with the centred cosine back-end (``run_matrix(..., probe="cosine")``, the existing path);
-(b) the sweep with per-model ``PLDA.from_stats`` fits: the fits are timed on a slice of the distinct models and
-    extrapolated (the rest of that sweep, statistics and scoring, is the same work as in (c), measured there);
+(b) the sweep with per-model ``PLDA.from_stats`` fits: the fits are timed on a slice of the distinct models
+    and extrapolated (the rest of that sweep, statistics and scoring, is the same work as in (c), measured there);
 (c) the sweep with all models of the (layer, seed) fitted by ``cltm.probes.plda_many.fit_plda_many``, once per
     ``--variants`` entry, through a probe registered here (``_many_evaluator``: the wiring the sweep's
     ``plda`` evaluator needs).
 
-Agreement: on the slice, both fits score every target trial list that uses them; mean / max |dAUC| of (c) vs (b).
+Agreement: on the slice, both fits score every target trial list that uses them; mean / max |dAUC| of (c) vs
+(b).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_speaker_scale.py [--languages 10] \\
         [--variants exact,shared,shared:em0] [--slice-models 24]
@@ -32,12 +33,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_matrix import synthetic_corpus  # noqa: E402
-
 from cltm.probes import PLDA  # noqa: E402
 from cltm.probes.metrics import verification_metrics  # noqa: E402
 from cltm.probes.plda_many import ManyPLDASettings, fit_plda_many  # noqa: E402
-from cltm.transfer import run_matrix  # noqa: E402
 from cltm.transfer import evaluators as ev  # noqa: E402
+from cltm.transfer import run_matrix  # noqa: E402
 
 PLDA_PARAMS = ev.BACKENDS["plda"][1]  # the sweep's default PLDA: {"n_components": 200}
 
@@ -107,10 +107,16 @@ def parse_variant(text: str) -> ManyPLDASettings:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--languages", type=int, default=54, help="number of languages (54: the issue's scale)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--languages", type=int, default=54, help="number of languages (54: the issue's scale)"
+    )
     parser.add_argument("--speakers", type=int, default=100, help="speakers per language")
-    parser.add_argument("--utts", type=int, default=30, help="utterances per speaker (2N + the test quarter must fit)")
+    parser.add_argument(
+        "--utts", type=int, default=30, help="utterances per speaker (2N + the test quarter must fit)"
+    )
     parser.add_argument("--n", type=int, default=1000, help="N, training utterances per language")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension")
     parser.add_argument("--variants", default="exact,shared", help="comma-separated fit_plda_many variants")

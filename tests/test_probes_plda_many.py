@@ -67,6 +67,13 @@ def test_lockstep_fits_equal_per_model_fits(parts, n_components):
     assert len({m.n_iter_ for m in many}) > 1
 
 
+def test_batched_torch_pca_matches(parts):
+    # the GPU code path (one batched torch eigh), run on the CPU
+    settings = ManyPLDASettings(n_components=10, pca_solver="torch")
+    items = _items(parts)
+    _assert_same_models(fit_plda_many(items, settings), items, settings)
+
+
 def test_step_cap_and_plain_steps_match(parts):
     # max_iter 4: one SQUAREM cycle, then plain EM steps; nobody converges
     settings = ManyPLDASettings(n_components=10, max_iter=4, tol=1e-12)
@@ -100,7 +107,9 @@ def test_scoring_many_models_at_once_works_on_lockstep_fits(parts):
     e, t = np.arange(20), np.arange(20, 40)
     together = PLDA.score_trials_of_models(many, X, e, t)
     for c, item in enumerate(parts):
-        np.testing.assert_allclose(together[:, c], _reference(item, settings).score_trials(X, e, t), rtol=1e-8)
+        np.testing.assert_allclose(
+            together[:, c], _reference(item, settings).score_trials(X, e, t), rtol=1e-8
+        )
 
 
 def test_shared_pca_over_the_whole_space_is_exact(parts):
@@ -151,6 +160,8 @@ def test_bad_input(parts):
         fit_plda_many([no_moments])
     with pytest.raises(ValueError, match="pca mode"):
         fit_plda_many(parts[:1], ManyPLDASettings(pca="fast"))
+    with pytest.raises(ValueError, match="pca_solver"):
+        fit_plda_many(parts[:1], ManyPLDASettings(pca_solver="magma"))
     with pytest.raises(TypeError, match="SpeakerStats"):
         fit_plda_many([[]])
     assert fit_plda_many([]) == []

@@ -1,23 +1,24 @@
 """Many PLDA back-ends fitted in lockstep: the speaker sweep's trained back-end at 50+ languages.
 
-One (layer, seed) of a speaker CLTM sweep needs one :class:`~cltm.probes.backends.PLDA` per distinct training set
-(N of each language, 2N of each, each unordered pair: 1,539 models at 54 languages), all built from composed
-statistics (:mod:`cltm.probes.stats`). :func:`fit_plda_many` fits them together with batched linear algebra
-(torch, float64; ``device`` runs the same code on a GPU): batched PCA, the closed-form moment start and the
-SQUAREM-accelerated EM of :func:`~cltm.probes.backends.plda_em` on all models at once, each model leaving the
-batch when its own stopping rule says so. With the default settings each returned model is the per-model fit
-``PLDA.from_stats(stats, ...)`` up to round-off (same attributes, so ``PLDA.score_trials_of_models`` and every
-scoring method work on it unchanged).
+One (layer, seed) of a speaker CLTM sweep needs one :class:`~cltm.probes.backends.PLDA` per distinct
+training set (N of each language, 2N of each, each unordered pair: 1,539 models at 54 languages), all built
+from composed statistics (:mod:`cltm.probes.stats`). :func:`fit_plda_many` fits them together with batched
+linear algebra (torch, float64; ``device`` runs the same code on a GPU): the PCA, the closed-form moment start
+and the SQUAREM-accelerated EM of :func:`~cltm.probes.backends.plda_em` on all models at once, each model
+leaving the batch when its own stopping rule says so. With the default settings each returned model is the
+per-model fit ``PLDA.from_stats(stats, ...)`` up to round-off (same attributes, so
+``PLDA.score_trials_of_models`` and every scoring method work on it unchanged).
 
-Where the cost is (per model at 768 -> 200 dims): the 768 x 768 eigendecomposition of the PCA and ~5 200 x 200
-generalised eigendecompositions per SQUAREM cycle. Batching removes the Python overhead but not these flops, so
-two approximations are offered and measured in ``benchmarks/bench_speaker_scale.py``:
+Where the cost is (per model at 768 -> 200 dims): the 768 x 768 eigendecomposition of the PCA and ~4
+generalised 200 x 200 eigendecompositions per SQUAREM cycle. On a CPU batching removes the Python overhead,
+not these flops, so the cheaper choices are settings, measured in ``benchmarks/bench_speaker_scale.py``:
 
-* ``pca="shared"``: every model's PCA is the Rayleigh-Ritz step of its own total scatter inside one shared
-  subspace, the top ``oversample * k`` directions of all the models' pooled scatter (one eigendecomposition for
-  the whole batch instead of one per model; the projected statistics of each part are computed once);
-* ``em_steps``: a cap on the EM steps after the moment start (``max_iter`` of the per-model fit); 0 keeps the
-  moment estimates (balanced data: already the maximum-likelihood solution).
+* ``pca_dtype="float32"``: the PCA decomposition in float32 (~3x faster);
+* ``em_steps``: a cap on the EM steps after the moment start; 0 keeps the moment estimates (on balanced data
+  already the maximum-likelihood solution);
+* ``pca="shared"``: each model's PCA is the Rayleigh-Ritz step of its own total scatter inside one shared
+  subspace, the top ``oversample * k`` directions of all the models' pooled scatter (one decomposition of
+  d x d for all; each part's statistics are projected once).
 """
 
 from __future__ import annotations
@@ -41,14 +42,17 @@ PCA_MODES = ("exact", "shared")
 class ManyPLDASettings:
     """How :func:`fit_plda_many` fits: the PLDA parameters (as ``PLDA(...)``) and the batching choices.
 
-    ``pca``: ``"exact"`` (each model's own top-``n_components`` eigenvectors: the per-model fit) or
-    ``"shared"`` (Rayleigh-Ritz inside the pooled top ``ceil(oversample * n_components)`` directions; with
-    ``oversample`` 1 the shared directions themselves). ``pca_dtype``: ``"float64"`` or ``"float32"`` for the
-    PCA eigendecompositions (EM always runs in float64). ``em_steps``: at most this many EM steps (None: the
-    per-model ``max_iter``). ``batch_size``: models per batch (memory: ~3 d x d float64 matrices per model in
-    the exact PCA). ``threads``: torch's CPU threads while fitting (restored after; None leaves them): one
-    by default, because torch's spinning thread pool slowed a small fit 200x on the shared 2-core machine;
-    parallelism belongs one level up (the sweep's workers over layers).
+    - ``pca``: ``"exact"`` (each model's own top-``n_components`` eigenvectors: the per-model fit) or
+      ``"shared"`` (Rayleigh-Ritz inside the pooled top ``ceil(oversample * n_components)`` directions; with
+      ``oversample`` 1 the shared directions themselves).
+    - ``pca_dtype``: ``"float64"`` or ``"float32"`` for the PCA decompositions (EM always runs in float64).
+    - ``pca_solver``: ``"auto"`` (LAPACK's top-k solver per model on a CPU, one batched torch call on another
+      device) or ``"torch"`` (batched torch everywhere).
+    - ``em_steps``: at most this many EM steps (None: the per-model ``max_iter``).
+    - ``batch_size``: models per batch (memory: a few d x d float64 matrices per model).
+    - ``threads``: torch's CPU threads while fitting (restored after; None leaves them). One by default:
+      torch's spinning thread pool slowed a small fit 200x on the shared 2-core machine; parallelism belongs
+      one level up (the sweep's workers over layers).
     """
 
     n_components: int | None = None
@@ -59,6 +63,7 @@ class ManyPLDASettings:
     pca: str = "exact"
     oversample: float = 1.5
     pca_dtype: str = "float64"
+    pca_solver: str = "auto"
     em_steps: int | None = None
     batch_size: int = 64
     device: str = "cpu"
@@ -98,7 +103,8 @@ def _check(stats: SpeakerStats, settings: ManyPLDASettings) -> None:
         )
     if stats.outer is None:
         raise ValueError(
-            "PLDA needs second moments: build the statistics with SpeakerStats.from_data(..., second_moments=True)"
+            "PLDA needs second moments: build the statistics with "
+            "SpeakerStats.from_data(..., second_moments=True)"
         )
     if stats.n_speakers < 2:
         raise ValueError("PLDA needs at least 2 speakers in the training data")
@@ -136,6 +142,8 @@ def _fit_plda_many(stats_list, settings: ManyPLDASettings, progress) -> list[PLD
         raise ValueError(f"unknown pca mode {settings.pca!r}; choose one of {PCA_MODES}")
     if settings.pca_dtype not in ("float64", "float32"):
         raise ValueError(f"pca_dtype must be 'float64' or 'float32', got {settings.pca_dtype!r}")
+    if settings.pca_solver not in ("auto", "torch"):
+        raise ValueError(f"pca_solver must be 'auto' or 'torch', got {settings.pca_solver!r}")
     if settings.batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     parts_list = [_parts_of(item) for item in stats_list]
@@ -170,24 +178,24 @@ def _fit_plda_many(stats_list, settings: ManyPLDASettings, progress) -> list[PLD
             proj, means, outer_c, sums_c = shared.project([parts_list[i] for i in idx], batch)
         counts, mask = _padded_counts(batch, dev)
         fit = _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings)
-        for j, stats in enumerate(batch):
+        for j in range(len(batch)):
             models.append(_as_plda(settings, means[j], proj[j], fit, j))
         if progress is not None:
             progress(len(models))
     return models
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # PCA and centring, batched
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _centred_identity(batch: list[SpeakerStats], dev):
     torch = _torch()
     means = [s.mean for s in batch]
-    outer = torch.stack(
-        [torch.from_numpy(s.total_scatter()) for s in batch]
-    ).to(dev)  # = outer of the centred vectors
+    outer = torch.stack([torch.from_numpy(s.total_scatter()) for s in batch]).to(
+        dev
+    )  # = outer of the centred vectors
     sums = _padded_sums([s.sums - np.outer(s.counts, m) for s, m in zip(batch, means, strict=True)], dev)
     return means, outer, sums
 
@@ -221,7 +229,7 @@ def _exact_pca(batch: list[SpeakerStats], k: int, settings: ManyPLDASettings, de
     totals = [s.total_scatter() for s in batch]
     d = batch[0].dim
     f32 = settings.pca_dtype == "float32"
-    if dev.type == "cpu":
+    if dev.type == "cpu" and settings.pca_solver == "auto":
         vals, vecs = [], []
         for total in totals:
             w, v = scipy.linalg.eigh(
@@ -288,9 +296,9 @@ class _SharedBasis:
         return proj, means, outer_c, sums @ R
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The two-covariance EM, batched (the algebra of backends.plda_moment_init / plda_em_step / plda_loglik / plda_em)
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
+# The two-covariance EM, batched: the algebra of backends.plda_moment_init / plda_em_step / plda_loglik
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _shrink(S, reg: float):
@@ -401,7 +409,10 @@ def _moment_init(data: _Data, reg: float):
     top = torch.clamp_min(psi.max(-1).values, 1e-300)
     psi = torch.where(psi < 1e-12 * top[:, None], torch.zeros_like(psi), psi)
     back = within @ dec.V
-    return (back * psi[:, None, :]) @ back.transpose(1, 2), within
+    # (psi, V) also diagonalise the start (B0, W0): kept, so the first step needs no decomposition of its own
+    start = dec.select(torch.arange(len(psi), device=psi.device))
+    start.psi = psi
+    return (back * psi[:, None, :]) @ back.transpose(1, 2), within, start
 
 
 @dataclass
@@ -426,13 +437,14 @@ def _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings: ManyPLDASettin
     data = _Data(outer_c, sums_c * mask[..., None], counts, mask, n, n_spk)
     reg, tol = settings.reg, settings.tol
     max_iter = settings.max_iter if settings.em_steps is None else min(settings.max_iter, settings.em_steps)
-    B, W = _moment_init(data, reg)
+    B, W, dec = _moment_init(data, reg)
+    final_psi, final_V = dec.psi.clone(), dec.V.clone()
 
     steps = torch.zeros(M, dtype=torch.int64, device=dev)
     converged = torch.zeros(M, dtype=torch.bool, device=dev)
     ll = torch.full((M,), math.nan, dtype=torch.float64, device=dev)
     act = torch.arange(M, device=dev)
-    dec = _Decomp(B, W)
+    start_dec = dec
     while len(act) and max_iter > 0:
         d_act = data.select(act)
         b0, w0 = B[act], W[act]
@@ -489,19 +501,19 @@ def _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings: ManyPLDASettin
         done = change < tol * size
         converged[glob[done]] = True
         stop = done | (steps[glob] >= max_iter)
+        final_psi[glob], final_V[glob] = new_dec.psi, new_dec.V  # the decomposition of the new (B, W)
         keep = (~stop).nonzero().squeeze(1)
         act = glob[keep]
         dec = new_dec.select(keep)
-    final = _Decomp(B, W)
     missing = torch.isnan(ll)
     if bool(missing.any()):
         m = missing.nonzero().squeeze(1)
-        ll[m] = _loglik(data.select(m), final.select(m))
+        ll[m] = _loglik(data.select(m), start_dec.select(m) if max_iter == 0 else _Decomp(B[m], W[m]))
     return _Fit(
         B.cpu().numpy(),
         W.cpu().numpy(),
-        final.psi.cpu().numpy(),
-        final.V.cpu().numpy(),
+        final_psi.cpu().numpy(),
+        final_V.cpu().numpy(),
         steps.cpu().numpy(),
         converged.cpu().numpy(),
         ll.cpu().numpy(),
