@@ -65,7 +65,7 @@ class ManyPLDASettings:
     pca_dtype: str = "float64"
     pca_solver: str = "auto"
     em_steps: int | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     device: str = "cpu"
     threads: int | None = 1
 
