@@ -165,3 +165,34 @@ def test_bad_input(parts):
     with pytest.raises(TypeError, match="SpeakerStats"):
         fit_plda_many([[]])
     assert fit_plda_many([]) == []
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-4)])
+def test_wide_scoring_equals_per_model_scoring(parts, dtype, rtol):
+    from cltm.probes.plda_many import score_trials_plda_many
+
+    many = fit_plda_many(_items(parts), ManyPLDASettings(n_components=10))
+    X = _test_vectors(11)
+    rng = np.random.default_rng(0)
+    e, t = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+    got = score_trials_plda_many(many, X, e, t, dtype=dtype, block_size=64)  # several blocks
+    expected = PLDA.score_trials_of_models(many, X, e, t)
+    assert got.shape == expected.shape == (300, len(many))
+    assert np.max(np.abs(got - expected)) <= rtol * np.max(np.abs(expected))
+
+
+def test_wide_scoring_bad_input(parts):
+    from cltm.probes.plda_many import score_trials_plda_many
+
+    many = fit_plda_many(parts[:2], ManyPLDASettings(n_components=10))
+    X = _test_vectors()
+    with pytest.raises(ValueError, match="outside"):
+        score_trials_plda_many(many, X, [0, 99], [1, 2])
+    with pytest.raises(ValueError, match="dim"):
+        score_trials_plda_many(many, X[:, :5], [0], [1])
+    with pytest.raises(TypeError, match="not a PLDA"):
+        score_trials_plda_many([object()], X, [0], [1])
+    with pytest.raises(ValueError, match="n_components"):
+        score_trials_plda_many(
+            [*many, fit_plda_many(parts[:1], ManyPLDASettings(n_components=5))[0]], X, [0], [1]
+        )

@@ -33,7 +33,7 @@ import scipy.linalg
 from cltm.probes.backends import PLDA, _llr_coefficients
 from cltm.probes.stats import SpeakerStats
 
-__all__ = ["ManyPLDASettings", "fit_plda_many"]
+__all__ = ["ManyPLDASettings", "fit_plda_many", "score_trials_plda_many"]
 
 PCA_MODES = ("exact", "shared")
 
@@ -544,3 +544,54 @@ def _as_plda(settings: ManyPLDASettings, mean: np.ndarray, proj, fit: _Fit, j: i
     est.transform_ = est.projection_.T @ fit.V[j]
     est.cross_, est.self_, est.const_ = _llr_coefficients(est.psi_, 1)
     return est
+
+
+def score_trials_plda_many(
+    models: Sequence[PLDA],
+    X: np.ndarray,
+    enroll_index,
+    test_index,
+    *,
+    dtype: str = "float32",
+    block_size: int = 4096,
+) -> np.ndarray:
+    """``PLDA.score_trials_of_models`` with the projections done as one matrix product and, by default,
+    in float32: [n_trials, n_models], column k = ``models[k].score_trials(X, enroll_index, test_index)``.
+
+    (x - m_k) T_k for every model k is X [T_1 ... T_M] minus the row m_k T_k: one wide product instead of M
+    narrow ones. float32 moves scores by ~1e-6 relative (tested against the per-model float64 scores).
+    """
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if not models:
+        return np.empty((len(np.asarray(enroll_index)), 0))
+    for model in models:
+        if not isinstance(model, PLDA):
+            raise TypeError(f"not a PLDA back-end: {type(model).__name__}")
+    if len({bool(m.length_norm) for m in models}) != 1:
+        raise ValueError("the models must all use length_norm or all not (one preprocessing of X)")
+    X = models[0]._prepare(X)  # checks fitted and dimension; length-normalises if the models do
+    for model in models[1:]:
+        model._prepare(X[:1])
+    from cltm.probes.backends import _check_trial_index
+
+    enroll_index, test_index = _check_trial_index(len(X), enroll_index, test_index)
+    dt = np.float32 if dtype == "float32" else np.float64
+    k = {m.transform_.shape[1] for m in models}
+    if len(k) != 1:
+        raise ValueError("the models must have one output dimension (n_components)")
+    k = k.pop()
+    M = len(models)
+    wide = np.concatenate([m.transform_ for m in models], axis=1).astype(dt)  # [d, M k]
+    shift = np.concatenate([m.mean_ @ m.transform_ for m in models]).astype(dt)
+    U = (X.astype(dt) @ wide - shift).reshape(len(X), M, k)
+    cross = np.stack([m.cross_ for m in models]).astype(dt)
+    self_ = np.stack([m.self_ for m in models]).astype(dt)
+    const = np.array([m.const_ for m in models])
+    out = np.empty((len(enroll_index), M))
+    for start in range(0, len(out), block_size):
+        e = U[enroll_index[start : start + block_size]]
+        t = U[test_index[start : start + block_size]]
+        s = np.einsum("nmk,mk->nm", e * t, cross) - np.einsum("nmk,mk->nm", e * e + t * t, self_)
+        out[start : start + len(s)] = s + const
+    return out
