@@ -17,8 +17,9 @@ Agreement: on the slice, both fits score every target trial list that uses them;
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_speaker_scale.py [--languages 10] \\
         [--variants exact,shared,shared:em0] [--slice-models 24]
 
-A variant is ``pca[:emK][:f32][:osX]``: ``pca`` exact | shared, ``emK`` at most K EM steps, ``f32`` float32
-PCA eigendecompositions, ``osX`` the shared subspace's oversampling (default 1.5).
+A variant is ``pca[:emK][:f32][:osX][:w32|:w64]``: ``pca`` exact | shared, ``emK`` at most K EM steps,
+``f32`` float32 PCA decompositions, ``osX`` the shared subspace's oversampling (default 1.5), ``w32``/``w64``
+scoring with ``score_trials_plda_many`` in float32 / float64 (default: ``PLDA.score_trials_of_models``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_matrix import synthetic_corpus  # noqa: E402
 from cltm.probes import PLDA  # noqa: E402
 from cltm.probes.metrics import verification_metrics  # noqa: E402
-from cltm.probes.plda_many import ManyPLDASettings, fit_plda_many  # noqa: E402
+from cltm.probes.plda_many import (  # noqa: E402
+    ManyPLDASettings,
+    fit_plda_many,
+    score_trials_plda_many,
+)
 from cltm.probes.stats import SpeakerStats  # noqa: E402
 from cltm.transfer import evaluators as ev  # noqa: E402
 from cltm.transfer import run_matrix  # noqa: E402
@@ -44,10 +49,11 @@ from cltm.transfer import run_matrix  # noqa: E402
 PLDA_PARAMS = ev.BACKENDS["plda"][1]  # the sweep's default PLDA: {"n_components": 200}
 
 
-def _many_evaluator(settings: ManyPLDASettings, record: dict):
+def _many_evaluator(settings: ManyPLDASettings, record: dict, wide: str | None = None):
     """The sweep's ``plda`` evaluator with every distinct model of the (layer, seed) fitted in one
     ``fit_plda_many`` call: per-language statistics as in ``evaluators._verification_fast``, each model given
-    as its parts (a pair's two languages), each target's trial list scored by all its models at once."""
+    as its parts (a pair's two languages), each target's trial list scored by all its models at once
+    (``score_trials_plda_many`` in ``wide`` precision, or ``PLDA.score_trials_of_models`` when None)."""
 
     def evaluate(X, speakers, groups, options):
         backend = PLDA(**settings.plda_params())
@@ -84,7 +90,11 @@ def _many_evaluator(settings: ManyPLDASettings, record: dict):
             keys_g = [ev.training_set_key(g.target, p) for p in g.problems]
             distinct = list(dict.fromkeys(keys_g))
             rows, enroll, test = ev._trial_rows(g.trials)
-            scores = PLDA.score_trials_of_models([fitted[k] for k in distinct], X[rows], enroll, test)
+            models = [fitted[k] for k in distinct]
+            if wide is None:
+                scores = PLDA.score_trials_of_models(models, X[rows], enroll, test)
+            else:
+                scores = score_trials_plda_many(models, X[rows], enroll, test, dtype=wide)
             labels = g.trials["label"].to_numpy()
             auc = {k: verification_metrics(labels, scores[:, c]) for c, k in enumerate(distinct)}
             record["groups"].append((g.target, distinct, X[rows], enroll, test, labels, auc))
@@ -95,11 +105,14 @@ def _many_evaluator(settings: ManyPLDASettings, record: dict):
     return evaluate
 
 
-def parse_variant(text: str) -> ManyPLDASettings:
+def parse_variant(text: str) -> tuple[ManyPLDASettings, str | None]:
     fields = text.split(":")
     kw: dict = {"pca": fields[0], **PLDA_PARAMS}
+    wide = None
     for f in fields[1:]:
-        if f.startswith("em"):
+        if f in ("w32", "w64"):
+            wide = "float32" if f == "w32" else "float64"
+        elif f.startswith("em"):
             kw["em_steps"] = int(f[2:])
         elif f == "f32":
             kw["pca_dtype"] = "float32"
@@ -107,7 +120,7 @@ def parse_variant(text: str) -> ManyPLDASettings:
             kw["oversample"] = float(f[2:])
         else:
             raise SystemExit(f"bad variant field {f!r} in {text!r}")
-    return ManyPLDASettings(**kw)
+    return ManyPLDASettings(**kw), wide
 
 
 def main() -> None:
@@ -123,7 +136,11 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=1000, help="N, training utterances per language")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension")
-    parser.add_argument("--variants", default="exact,shared", help="comma-separated fit_plda_many variants")
+    parser.add_argument(
+        "--variants",
+        default="exact:f32:em5:w32,exact:f32:em2:w32",
+        help="comma-separated fit_plda_many variants (see above)",
+    )
     parser.add_argument("--slice-models", type=int, default=24, help="per-model fits timed and compared")
     args = parser.parse_args()
 
@@ -148,10 +165,12 @@ def main() -> None:
 
     reference = None
     for name in args.variants.split(","):
-        settings = parse_variant(name)
+        settings, wide = parse_variant(name)
         record: dict = {}
         probe = f"plda_many_{len(ev.PROBES)}"
-        ev.register_probe(probe, "verification", f"fit_plda_many {name}")(_many_evaluator(settings, record))
+        ev.register_probe(probe, "verification", f"fit_plda_many {name}")(
+            _many_evaluator(settings, record, wide)
+        )
         t = time.perf_counter()
         run_matrix(X, man, probe=probe, **sweep)
         t_many = time.perf_counter() - t

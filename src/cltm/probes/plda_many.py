@@ -94,22 +94,30 @@ def _parts_of(item) -> tuple[SpeakerStats, ...]:
     return parts
 
 
-def _check(stats: SpeakerStats, settings: ManyPLDASettings) -> None:
-    # the same checks, in the same words, as PLDA.from_stats
-    if stats.length_norm != settings.length_norm:
-        raise ValueError(
-            f"PLDA(...) expects statistics with length_norm={settings.length_norm}; "
-            "build them with SpeakerStats.from_data(..., length_norm=...)"
-        )
-    if stats.outer is None:
-        raise ValueError(
-            "PLDA needs second moments: build the statistics with "
-            "SpeakerStats.from_data(..., second_moments=True)"
-        )
-    if stats.n_speakers < 2:
+def _check(parts: tuple[SpeakerStats, ...], settings: ManyPLDASettings) -> None:
+    """PLDA.from_stats' checks, in the same words, on the sum of ``parts`` without forming it (the d x d sums
+    of 1,500 pairs would not fit in memory at once)."""
+    for stats in parts:
+        if stats.length_norm != settings.length_norm:
+            raise ValueError(
+                f"PLDA(...) expects statistics with length_norm={settings.length_norm}; "
+                "build them with SpeakerStats.from_data(..., length_norm=...)"
+            )
+        if stats.outer is None:
+            raise ValueError(
+                "PLDA needs second moments: build the statistics with "
+                "SpeakerStats.from_data(..., second_moments=True)"
+            )
+    n = sum(stats.n for stats in parts)
+    n_speakers = len(np.unique(np.concatenate([stats.speakers for stats in parts])))
+    if n_speakers < 2:
         raise ValueError("PLDA needs at least 2 speakers in the training data")
-    if stats.n <= stats.n_speakers:
+    if n <= n_speakers:
         raise ValueError("PLDA needs some speaker with more than one vector (within-speaker variation)")
+
+
+def _total(parts: tuple[SpeakerStats, ...]) -> SpeakerStats:
+    return parts[0] if len(parts) == 1 else sum(parts)
 
 
 def fit_plda_many(
@@ -147,12 +155,11 @@ def _fit_plda_many(stats_list, settings: ManyPLDASettings, progress) -> list[PLD
     if settings.batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     parts_list = [_parts_of(item) for item in stats_list]
-    totals = [parts[0] if len(parts) == 1 else sum(parts) for parts in parts_list]
-    for stats in totals:
-        _check(stats, settings)
-    if not totals:
+    for parts in parts_list:
+        _check(parts, settings)
+    if not parts_list:
         return []
-    dims = {s.dim for s in totals}
+    dims = {p.dim for parts in parts_list for p in parts}
     if len(dims) != 1:
         raise ValueError(f"all statistics must have one dimension, got {sorted(dims)}")
     d = dims.pop()
@@ -162,13 +169,12 @@ def _fit_plda_many(stats_list, settings: ManyPLDASettings, progress) -> list[PLD
 
     shared = None
     if settings.pca == "shared" and k < d:
-        shared = _SharedBasis(parts_list, totals, k, settings, dev)
+        shared = _SharedBasis(parts_list, k, settings, dev)
 
     models: list[PLDA] = []
-    order = range(len(totals))
-    for start in range(0, len(totals), settings.batch_size):
-        idx = list(order[start : start + settings.batch_size])
-        batch = [totals[i] for i in idx]
+    for start in range(0, len(parts_list), settings.batch_size):
+        idx = list(range(start, min(start + settings.batch_size, len(parts_list))))
+        batch = [_total(parts_list[i]) for i in idx]  # summed per batch: memory stays O(batch d^2)
         if k == d:
             proj = torch.eye(d, dtype=torch.float64, device=dev).expand(len(idx), d, d)
             means, outer_c, sums_c = _centred_identity(batch, dev)
@@ -258,12 +264,15 @@ def _exact_pca(batch: list[SpeakerStats], k: int, settings: ManyPLDASettings, de
 class _SharedBasis:
     """The pooled top directions of all models and each part's statistics projected onto them (once)."""
 
-    def __init__(self, parts_list, totals, k, settings: ManyPLDASettings, dev):
+    def __init__(self, parts_list, k, settings: ManyPLDASettings, dev):
         torch = _torch()
-        d = totals[0].dim
+        d = parts_list[0][0].dim
         self.k, self.dev = k, dev
         self.width = min(d, max(k, math.ceil(settings.oversample * k)))
-        pooled = sum(s.total_scatter() / s.n for s in totals)
+        pooled = np.zeros((d, d))
+        for parts in parts_list:
+            total = _total(parts)
+            pooled += total.total_scatter() / total.n
         dtype = torch.float32 if settings.pca_dtype == "float32" else torch.float64
         _, vecs = torch.linalg.eigh(torch.from_numpy(pooled).to(dev, dtype))
         self.G = vecs[:, -self.width :].flip(-1).to(torch.float64)  # [d, K']
