@@ -120,7 +120,9 @@ def test_sigkill_never_corrupts_and_resume_equals_an_uninterrupted_run(tmp_path,
             atol=2e-3,
         )
     summary = extract(root / "manifest.parquet", model, out, settings=SERIAL)
-    assert summary.n_skipped == n_killed and summary.n_done_now == N_UTTS - n_killed
+    # a batch journaled but not yet flushed when the kill landed is replayed, not recomputed: it counts as
+    # skipped too (the kill's timing decides whether there is one)
+    assert summary.n_skipped >= n_killed and summary.n_skipped + summary.n_done_now == N_UTTS
     _assert_same_cache(Cache.open(out), ref)
 
 
