@@ -464,6 +464,11 @@ ROWS: list[Hostile] = [
         ["store", "export", "{root}/feats.zarr", "--out", "{root}/x.bin", "--format", "bin"],
         "--format: use one of h5, npz",
     ),
+    Hostile(
+        "human-compare-not-a-listener-table",
+        ["human", "compare", "--listeners", "{root}/results/runs.parquet", "--out", "{root}/eng/out", "-q"],
+        r"runs.parquet: not a listener table \(missing column\(s\) listener, group",
+    ),
     # --- corpus
     Hostile(
         "synth-out-is-a-file",
@@ -677,6 +682,16 @@ ROWS += [
         [*REPORT, "{root}/results", "--human", "{root}/results"],
         "no human_scores.parquet; write it with `cltm human compare",
     ),
+    Hostile(
+        "report-out-is-a-file",
+        ["report", "{root}/results", "--out", "{root}/corpus/manifest.parquet", "-q"],
+        "--out: .*manifest.parquet exists and is not a directory",
+    ),
+    Hostile(
+        "report-missing-families",
+        [*REPORT, "{root}/results", "--families", "{root}/nope.tsv"],
+        "--families: .*nope.tsv: file not found",
+    ),
     # --- finetune
     Hostile(
         "finetune-missing-manifest",
@@ -720,6 +735,16 @@ ROWS += [
         "finetune-layer-out-of-range",
         [*FINETUNE, "--manifest", ENG_MAN, "--task", "gender", "--layer", "9", "--out", "{root}/ft"],
         r"--layer 9: .*tiny has hidden states 0\.\.3",
+    ),
+    Hostile(
+        "finetune-zero-byte-manifest",
+        [*FINETUNE, "--manifest", "{root}/runs/empty.parquet", "--task", "gender", "--out", "{root}/ft"],
+        "cannot read manifest .*empty.parquet: .*parquet",
+    ),
+    Hostile(
+        "finetune-bad-seeds",
+        [*FINETUNE, "--manifest", ENG_MAN, "--task", "gender", "--seeds", "x", "--out", "{root}/ft"],
+        "--seeds: 'x': give a count",
     ),
     # --- human
     Hostile(
@@ -772,6 +797,11 @@ ROWS += [
         ],
         "cannot read predictions .*nope: .* no such file",
     ),
+    Hostile(
+        "human-compare-not-a-listener-table",
+        ["human", "compare", "--listeners", "{root}/results/runs.parquet", "--out", "{root}/eng/out", "-q"],
+        r"runs.parquet: not a listener table \(missing column\(s\) listener, group",
+    ),
     # --- corpus
     Hostile(
         "emodb-empty-tree",
@@ -804,6 +834,18 @@ ROWS += [
             "{root}/eng/manifest.parquet",
         ],
         "utt_id 'u0' is in both .*corpus/manifest.parquet and .*again.parquet",
+        code=EXIT_FAILED,  # as every `corpus import` refusal of its input
+    ),
+    Hostile(
+        "combine-missing-file",
+        ["corpus", "combine", "{root}/nope.parquet", "--out", "{root}/eng/manifest.parquet"],
+        "nope.parquet: no such file",
+        code=EXIT_FAILED,  # as every `corpus import` refusal of its input
+    ),
+    Hostile(
+        "info-zero-byte-manifest",
+        ["corpus", "info", "{root}/runs/empty.parquet"],
+        "cannot read manifest .*empty.parquet",
         code=EXIT_FAILED,  # as every `corpus import` refusal of its input
     ),
     Hostile(

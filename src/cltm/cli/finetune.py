@@ -226,6 +226,14 @@ def finetune_command(
 
         if not torch.cuda.is_available():
             raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_FAILED)
+    from cltm.corpus import read_manifest
+
+    try:  # read once, here: an unreadable file is named instead of a polars traceback
+        manifest_table = read_manifest(manifest)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise fail(f"cannot read manifest {manifest}: {err}", EXIT_USAGE) from None
+    except ValueError as err:  # ManifestError: the problems, with their rows
+        raise fail(str(err), EXIT_USAGE) from None
     seed_values = _seeds(seeds)
     layer_value = _layer(layer, from_matrix)
     try:
@@ -235,9 +243,7 @@ def finetune_command(
             if not quiet:
                 Console().print(f"best probed layer of {from_matrix}: {layer_value}")
         if cells is not None and cells.strip() == "all":
-            from cltm.corpus import read_manifest
-
-            chosen = all_cells(read_manifest(manifest)["language"].drop_nulls().unique().to_list())
+            chosen = all_cells(manifest_table["language"].drop_nulls().unique().to_list())
         else:
             chosen = parse_cells(cells) if cells else []
         if from_matrix is not None:
@@ -285,7 +291,7 @@ def finetune_command(
                 EXIT_USAGE,
             ) from None
         result = run_finetune(
-            manifest,
+            manifest_table,
             model,
             task,
             chosen,
