@@ -659,6 +659,16 @@ ROWS += [
         [*FROM_RUNS, "{root}/runs/duplicated.parquet"],
         r"duplicated.parquet: rows 1, 17 repeat condition 'single' of target 'de', donor 'de', seed 0",
     ),
+    Hostile(
+        "matrix-out-is-a-file",
+        ["matrix", "--from-runs", "{root}/results/runs.parquet", "--out", "{root}/corpus/u0.wav", "--quiet"],
+        "--out .*u0.wav: exists and is not a directory",
+    ),
+    Hostile(
+        "probe-out-is-a-file",
+        ["probe", "--cache", CACHE, "--task", "gender", "--seeds", "1", "--out", "{root}/corpus/u0.wav"],
+        "--out .*u0.wav: exists and is not a directory",
+    ),
     # --- report
     Hostile(
         "report-missing-dir", ["report", "{root}/nope", "--out", "{root}/eng/out"], "nope: not a directory"
