@@ -92,7 +92,9 @@ def _corpus(root: Path, n: int = 4) -> None:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """A tiny corpus and a model directory with code in its pickled weights."""
+    """Every row's inputs, built once: a tiny corpus, a model directory with code in its pickled weights, a
+    tiny local encoder (``tiny/``), the engine fixture (``eng/``), a results set and broken copies of it,
+    listener tables and emotion-corpus trees. Each row works in its own copy."""
     root = tmp_path_factory.mktemp("hostile-base")
     _corpus(root)
     import torch
@@ -300,7 +302,7 @@ def _human(root: Path) -> None:
             "--manifest",
             str(root / "eng" / "manifest.parquet"),
             "--map",
-            "listener=subject,group=L1,utt_id=stimulus,response=answer",
+            HUMAN_MAP,
             "--out",
             str(hum / "listeners.parquet"),
         ]
