@@ -27,7 +27,12 @@ def _run_preset(name: str, root: Path, out: Path, options: dict, *, durations: b
     from rich.markup import escape
 
     from cltm.corpus.importers import import_corpus
+    from cltm.corpus.presets import parse_emotions
 
+    try:  # a bad option is a usage error (exit 2), found before the corpus is walked
+        parse_emotions(options.get("emotions"))
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--emotions") from None
     console = Console(stderr=True, soft_wrap=True)
 
     def show(report) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cltm.cli._errors import EXIT_FAILED, fail
+from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE, fail
 from cltm.finetune import LORA_TARGET_MODULES
 
 ORDER = 60
@@ -195,6 +195,7 @@ def finetune_command(
     num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader workers decoding audio."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
+    import polars as pl
     from rich.console import Console
     from rich.table import Table
 
@@ -207,7 +208,7 @@ def finetune_command(
         parse_conditions,
         run_finetune,
     )
-    from cltm.finetune.runs import FinetuneError
+    from cltm.finetune.runs import FinetuneError, read_finetune_runs
     from cltm.finetune.train import PRECISIONS, TrainSettings
 
     if precision not in PRECISIONS:
@@ -225,6 +226,14 @@ def finetune_command(
 
         if not torch.cuda.is_available():
             raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_FAILED)
+    from cltm.corpus import read_manifest
+
+    try:  # read once, here: an unreadable file is named instead of a polars traceback
+        manifest_table = read_manifest(manifest)
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise fail(f"cannot read manifest {manifest}: {err}", EXIT_USAGE) from None
+    except ValueError as err:  # ManifestError: the problems, with their rows
+        raise fail(str(err), EXIT_USAGE) from None
     seed_values = _seeds(seeds)
     layer_value = _layer(layer, from_matrix)
     try:
@@ -234,9 +243,7 @@ def finetune_command(
             if not quiet:
                 Console().print(f"best probed layer of {from_matrix}: {layer_value}")
         if cells is not None and cells.strip() == "all":
-            from cltm.corpus import read_manifest
-
-            chosen = all_cells(read_manifest(manifest)["language"].drop_nulls().unique().to_list())
+            chosen = all_cells(manifest_table["language"].drop_nulls().unique().to_list())
         else:
             chosen = parse_cells(cells) if cells else []
         if from_matrix is not None:
@@ -275,8 +282,16 @@ def finetune_command(
             raise typer.BadParameter(
                 "early stopping compares epochs: give --epochs 2 or more", param_hint="--patience"
             )
+        try:  # a corrupt earlier result in --out: name it instead of a polars traceback
+            read_finetune_runs(out)
+        except (pl.exceptions.PolarsError, OSError) as err:
+            raise fail(
+                f"{out}: its earlier runs (runs.parquet, runs.parts/) cannot be read ({err}); "
+                "move them away or choose another --out",
+                EXIT_USAGE,
+            ) from None
         result = run_finetune(
-            manifest,
+            manifest_table,
             model,
             task,
             chosen,
@@ -294,7 +309,9 @@ def finetune_command(
         )
     except typer.BadParameter:
         raise
-    except (FinetuneError, ValueError, FileNotFoundError, OSError, ImportError) as err:
+    except FinetuneError as err:  # a request that cannot run as asked: fix the command (exit 2)
+        raise fail(str(err), EXIT_USAGE) from None
+    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
         raise fail(str(err), EXIT_FAILED) from None
     except Exception as err:  # audio errors carry the file; anything else still gets a clean line
         from cltm.audio import AudioError

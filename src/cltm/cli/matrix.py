@@ -161,6 +161,12 @@ def check_inputs(**paths) -> None:
             raise fail(f"--{opt.replace('_', '-')} {path}: no such file or directory")
 
 
+def check_out_dir(out: Path) -> None:
+    """--out must be a directory or not exist yet: said before the work, not by the writer's traceback."""
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a directory; give a results directory")
+
+
 def write_engine_results(out: Path, result) -> None:
     """The results directory: runs, matrices, properties, skipped, language scores, confusion (+ predictions
     and wsum layer weights when there are any)."""
@@ -289,6 +295,7 @@ def matrix_command(
         families=families,
         trials=trials,
     )
+    check_out_dir(out)
     settings = probe_settings(probe, solver, hidden, patience, max_epochs, no_early_stopping)
     if parallel not in ("joblib", "dask", "ray"):
         raise typer.BadParameter(f"must be joblib, dask or ray, not {parallel!r}", param_hint="--parallel")

@@ -14,6 +14,7 @@ from cltm.cli.matrix import (
     _parse_seeds,
     _split_list,
     check_inputs,
+    check_out_dir,
     layer_count,
     layer_progress,
     load_features,
@@ -105,6 +106,7 @@ def probe_command(
     if (cache_path is None) == (embeddings is None):
         raise fail("give exactly one of --cache or --embeddings")
     check_inputs(cache=cache_path, embeddings=embeddings, manifest=manifest)
+    check_out_dir(out)
     try:
         layer_tokens(layers)
     except ValueError as err:

@@ -69,6 +69,10 @@ def report_command(
         raise typer.BadParameter(str(exc), param_hint="--format") from exc
     if families is not None and not families.exists():
         raise typer.BadParameter(f"{families}: file not found", param_hint="--families")
+    if out.exists() and not out.is_dir():  # checked here: the writer would stop with a FileExistsError
+        raise typer.BadParameter(
+            f"{out} exists and is not a directory; give a new or report directory", param_hint="--out"
+        )
     from cltm.layers import layer_tokens
 
     try:
