@@ -126,12 +126,12 @@ def test_import_commonvoice_errors_are_clean_messages(common_voice, tmp_path):
     result = invoke(
         "corpus", "import", "commonvoice", common_voice, "--out", tmp_path / "x.parquet", "-l", "xx"
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown locale(s) xx" in result.output and "ca, zh-HK" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "x.parquet").exists()
     missing = invoke("corpus", "import", "commonvoice", tmp_path / "nothing", "--out", tmp_path / "x.parquet")
-    assert missing.exit_code == 1 and "not a directory" in missing.output
+    assert missing.exit_code == 2 and "not a directory" in missing.output
 
 
 def test_import_table_with_map_and_language(tmp_path):
@@ -155,7 +155,7 @@ def test_import_table_with_map_and_language(tmp_path):
     assert df["path"].to_list() == [str(tmp_path / "wav" / f"{n}.wav") for n in "abc"]
 
     bad = invoke("corpus", "import", "table", tmp_path / "meta.csv", "--out", out, "--map", "path=filename")
-    assert bad.exit_code == 1 and "available columns: file, who, sex" in bad.output
+    assert bad.exit_code == 2 and "available columns: file, who, sex" in bad.output
 
 
 def test_an_unknown_output_format_is_refused_before_importing(common_voice, tmp_path):
@@ -168,7 +168,7 @@ def test_check_files_fails_on_missing_audio(tmp_path):
     pl.DataFrame({"path": ["gone.wav"], "language": ["en"]}).write_csv(tmp_path / "meta.csv")
     result = invoke("corpus", "import", "table", tmp_path / "meta.csv", "--out", tmp_path / "m.parquet",
                     "--check-files")  # fmt: skip
-    assert result.exit_code == 1 and "1 of 1 audio files do not exist" in result.output
+    assert result.exit_code == 2 and "1 of 1 audio files do not exist" in result.output
     assert str(tmp_path / "gone.wav") in result.output
 
 
@@ -232,7 +232,7 @@ def test_info_on_an_invalid_manifest_lists_the_rows(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("utt_id,path,language,split\na,a.wav,en,train\na,,en,valid\n")
     result = invoke("corpus", "info", path)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "row 0 (utt_id 'a'): duplicate utt_id" in result.output
     assert "row 1 (utt_id 'a'): path is missing" in result.output  # an empty CSV field reads as null
     assert "'valid' is not one of" in result.output

@@ -566,14 +566,14 @@ def test_cli_preset_import_writes_the_manifest_and_reports_left_out_files(tmp_pa
     strict = invoke(
         "corpus", "import", "emodb", tmp_path / "emodb", "--out", tmp_path / "s.parquet", "--strict"
     )
-    assert strict.exit_code == 1 and "--strict" in strict.output and not (tmp_path / "s.parquet").exists()
+    assert strict.exit_code == 2 and "--strict" in strict.output and not (tmp_path / "s.parquet").exists()
 
 
 def test_cli_preset_errors_are_one_line_without_traceback(tmp_path):
     wav(tmp_path / "AudioWAV" / "1001_DFA_XYZ_XX.wav")
     result = invoke("corpus", "import", "cremad", tmp_path, "--out", tmp_path / "c.parquet")
     assert (
-        result.exit_code == 1 and "1001_DFA_XYZ_XX.wav" in result.output and "Traceback" not in result.output
+        result.exit_code == 2 and "1001_DFA_XYZ_XX.wav" in result.output and "Traceback" not in result.output
     )
     bad = invoke(
         "corpus", "import", "emodb", tmp_path, "--out", tmp_path / "c.parquet", "--emotions", "joyful"
@@ -739,4 +739,4 @@ def test_cli_combine_unites_corpora_and_refuses_a_repeated_utt_id(tmp_path):
     assert df.filter(pl.col("corpus") == "emodb")["valence"].null_count() == 7
     assert df.filter(pl.col("corpus") == "iemocap")["valence"].null_count() == 0
     again = invoke("corpus", "combine", parts[0], parts[0], "--out", tmp_path / "twice.parquet")
-    assert again.exit_code == 1 and "utt_id 'emodb/03a01Fa' is in both" in again.output
+    assert again.exit_code == 2 and "utt_id 'emodb/03a01Fa' is in both" in again.output

@@ -81,9 +81,9 @@ def _run_import(
     try:
         df = run()
     except (CorpusImportError, ManifestError, FileNotFoundError) as err:
-        raise fail(str(err), EXIT_FAILED) from err
+        raise fail(str(err), EXIT_USAGE) from err
     except (OSError, pl.exceptions.PolarsError) as err:  # unreadable or corrupt input files
-        raise fail(f"cannot read the corpus: {err}", EXIT_FAILED) from err
+        raise fail(f"cannot read the corpus: {err}", EXIT_USAGE) from err
     assert isinstance(df, pl.DataFrame)
 
     if check_files:
@@ -92,7 +92,7 @@ def _run_import(
             shown = "\n  ".join(missing["path"].head(10).to_list())
             more = f"\n  ... and {missing.height - 10} more" if missing.height > 10 else ""
             message = f"{missing.height} of {df.height} audio files do not exist:\n  {shown}{more}"
-            raise fail(message, EXIT_FAILED)
+            raise fail(message, EXIT_USAGE)
     if durations:
         from rich.progress import Progress
 
@@ -400,9 +400,9 @@ def info_command(
     try:
         df = read_manifest(manifest)
     except ManifestError as err:
-        raise fail(str(err), EXIT_FAILED) from err
+        raise fail(str(err), EXIT_USAGE) from err
     except (FileNotFoundError, ValueError, OSError, pl.exceptions.PolarsError) as err:
-        raise fail(f"cannot read manifest {manifest}: {err}", EXIT_FAILED) from err
+        raise fail(f"cannot read manifest {manifest}: {err}", EXIT_USAGE) from err
     group_by = _split_list(by) or []
     unknown = [c for c in group_by if c not in df.columns and c not in ("gender", "split", "speaker")]
     if unknown:

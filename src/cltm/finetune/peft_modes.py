@@ -18,6 +18,7 @@ from torch import nn
 
 from cltm.finetune import LORA_TARGET_MODULES
 from cltm.finetune.model import PooledEncoderClassifier, transformer_layers
+from cltm.finetune.runs import FinetuneError
 
 __all__ = [
     "LORA_TARGET_MODULES",
@@ -39,7 +40,7 @@ class BottleneckAdapter(nn.Module):
         super().__init__()
         size = max(1, hidden_size // 16) if size is None else size
         if size < 1:
-            raise ValueError(f"the adapter bottleneck size must be >= 1, got {size}")
+            raise FinetuneError(f"the adapter bottleneck size must be >= 1, got {size}")
         self.down = nn.Linear(hidden_size, size)
         self.up = nn.Linear(size, hidden_size)
         nn.init.zeros_(self.up.weight)
@@ -107,7 +108,7 @@ def _full(model: PooledEncoderClassifier) -> None:
 def _blocks(model: PooledEncoderClassifier, mode: str) -> nn.ModuleList:
     layers = transformer_layers(model.encoder)
     if len(layers) == 0:
-        raise ValueError(
+        raise FinetuneError(
             f"--peft {mode} needs at least one transformer block; the encoder was cut at layer 0"
         )
     return layers
@@ -127,14 +128,14 @@ def _lora(
         raise ImportError("--peft lora needs the `peft` package: pip install 'cltm[finetune]'") from err
 
     if rank < 1:
-        raise ValueError(f"the LoRA rank must be >= 1, got {rank}")
+        raise FinetuneError(f"the LoRA rank must be >= 1, got {rank}")
     blocks = _blocks(model, "lora")
     names = {
         name.rsplit(".", 1)[-1] for name, module in blocks.named_modules() if isinstance(module, nn.Linear)
     }
     unknown = [t for t in targets if t not in names]
     if unknown or not targets:
-        raise ValueError(
+        raise FinetuneError(
             f"LoRA target module(s) {unknown or '(none)'} are not linear layers of this encoder's blocks; "
             f"choose from {', '.join(sorted(names))}"
         )
@@ -183,7 +184,7 @@ def apply_peft(model: PooledEncoderClassifier, mode: str = "none", **options) ->
     mode's keyword arguments (``lora``: rank, alpha, dropout, targets; ``adapter``: size).
     """
     if mode not in PEFT_MODES:
-        raise ValueError(f"unknown PEFT mode {mode!r}; choose one of {', '.join(PEFT_MODES)}")
+        raise FinetuneError(f"unknown PEFT mode {mode!r}; choose one of {', '.join(PEFT_MODES)}")
     PEFT_MODES[mode](model, **options)
     for parameter in model.head.parameters():
         parameter.requires_grad_(True)
