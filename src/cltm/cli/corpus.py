@@ -15,8 +15,9 @@ ORDER = 10
 corpus_app = typer.Typer(
     name="corpus",
     help=(
-        "Corpus manifests: import a corpus (Common Voice, any table, a folder tree) into a validated "
-        "manifest, summarise one, or synthesise the offline demo corpus.\n\n"
+        "Corpus manifests: import a corpus (Common Voice, any table, a folder tree, lhotse, HF datasets, the "
+        "emotion corpora EmoDB, RAVDESS, CREMA-D, ESD and IEMOCAP) into a validated manifest, combine "
+        "several, summarise one, or synthesise the offline demo corpus.\n\n"
         "A manifest is a Parquet (or CSV/TSV) table with one row per utterance: utt_id, path, language "
         "(required), speaker, gender, split, duration, start, end and any label columns (docs/corpus.md)."
     ),
