@@ -858,7 +858,7 @@ ROWS += [
     Hostile(
         "info-unknown-task-column",
         ["corpus", "info", ENG_MAN, "--task", "accent"],
-        "--task.: the manifest has no 'accent' column",
+        "--task.: task 'accent' needs the manifest column 'accent'",
     ),
 ]
 

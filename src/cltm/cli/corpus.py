@@ -420,10 +420,10 @@ def info_command(
         from cltm.corpus.info import class_balance, task_classes
 
         try:
-            label, classes = task_classes(df, task)
+            labelled, label, classes = task_classes(df, task)
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="'--task'") from err
-        balance = class_balance(df, label, by=group_by, classes=classes)
+        balance = class_balance(labelled, label, by=group_by, classes=classes)
 
     table = Table(title=f"{manifest}", title_justify="left")
     for column in group_by:
@@ -453,7 +453,7 @@ def info_command(
             "(or re-import with --durations)."
         )
     if balance is not None:
-        _print_class_balance(console, balance, task, label, classes, df, n)
+        _print_class_balance(console, balance, task, label, classes, labelled, n)
         summary = balance
     if check_files:
         missing = missing_files(df)

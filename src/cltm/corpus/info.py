@@ -90,28 +90,18 @@ def corpus_totals(df: pl.DataFrame) -> CorpusTotals:
 # Class balance for a classification task (``cltm corpus info --task``)
 # ----------------------------------------------------------------------------------------------------------
 
-# The binary gender task's classes; other values are left out of it (DESIGN §3.1).
-_GENDER_CLASSES: tuple[str, ...] = ("female", "male")
+def task_classes(df: pl.DataFrame, task: str) -> tuple[pl.DataFrame, str, list[str]]:
+    """``(manifest with normalised labels, label column, classes)`` of a classification task, from the one
+    task registry (:mod:`cltm.tasks`): its label normalisation (gender vocabularies; '' and nulls are missing
+    labels) and its classes. A verification task has no classes and is refused (``TaskError``), as are a
+    column the manifest lacks, an id column and a column of floats."""
+    from cltm.tasks import TaskError, check_task_column, get_task
 
-
-def task_classes(df: pl.DataFrame, task: str) -> tuple[str, list[str]]:
-    """``(label column, classes)`` of a classification task on this manifest.
-
-    Local stand-in for the task registry (``cltm.tasks``): ``gender`` classifies female/male, any other task
-    names a label column whose non-null values are its classes (sorted). ``speaker`` (verification) has no
-    classes and is refused, as are a column the manifest lacks and a column of floats (scores, durations).
-    """
-    if task == "speaker":
-        raise ValueError("speaker is a verification task: it has no classes to balance (use --by speaker)")
-    if task not in df.columns:
-        raise ValueError(
-            f"the manifest has no {task!r} column to use as task labels; its columns: {', '.join(df.columns)}"
-        )
-    if df.schema[task].is_float():
-        raise ValueError(f"the column {task!r} holds floating-point numbers, not class labels")
-    if task == "gender":
-        return "gender", list(_GENDER_CLASSES)
-    return task, sorted(map(str, df[task].drop_nulls().unique().to_list()))
+    spec = get_task(task)
+    if spec.is_verification:
+        raise TaskError(f"{task} is a verification task: it has no classes to balance (use --by speaker)")
+    check_task_column(spec, df)
+    return df.with_columns(spec.labels(df).alias(spec.label)), spec.label, spec.class_list(df)
 
 
 def class_balance(
