@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cltm.cli import app
 from cltm.probes.classifiers import MLPProbe
 from cltm.transfer import PlanSettings, ProbeSettings, canonical_probe_name, probe_names, run_matrix
+from synthetic_manifest import speaker_grid
 
 EMOTIONS = ("angry", "happy", "neutral", "sad")
 
@@ -31,21 +32,7 @@ def _emotion_set(langs=("aa", "bb", "cc"), speakers=8, utts=8, flip=("cc",), lay
     """4 emotions planted on layer 1 (layer 0 is noise): languages share the emotion directions, except
     those in ``flip`` whose directions are opposite (negative transfer by construction)."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for lang in langs:
-        for s in range(speakers):
-            for u in range(utts):
-                rows.append(
-                    {
-                        "utt_id": f"{lang}_{s}_{u}",
-                        "path": "x.wav",
-                        "language": lang,
-                        "speaker": f"{lang}_s{s}",
-                        "gender": "female" if s % 2 else "male",
-                        "emotion": EMOTIONS[(u + s) % 4],
-                    }
-                )
-    man = pl.DataFrame(rows)
+    man = speaker_grid(langs, speakers, utts, lambda lang, s, u: {"emotion": EMOTIONS[(u + s) % 4]})
     code = np.array([EMOTIONS.index(e) for e in man["emotion"].to_list()])
     directions = rng.normal(size=(4, dim)) * 2.0
     sign = np.array([-1.0 if lang in flip else 1.0 for lang in man["language"].to_list()])

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from cltm.cli import app
 from cltm.cli._errors import EXIT_FAILED, EXIT_USAGE
 from cltm.extract import BatchSettings, ExtractSettings, OutputSettings, extract
+from synthetic_manifest import speaker_grid
 
 SR = 16000
 
@@ -166,22 +167,9 @@ N_LAYERS, DIM = 2, 6
 
 def engine_manifest(speakers: int = 8, utts: int = 4) -> pl.DataFrame:
     """Two languages, balanced gender and emotion, a float column (not a task)."""
-    rows = []
-    for lang in LANGS:
-        for s in range(speakers):
-            for u in range(utts):
-                rows.append(
-                    {
-                        "utt_id": f"{lang}_{s}_{u}",
-                        "path": "x.wav",
-                        "language": lang,
-                        "speaker": f"{lang}_s{s}",
-                        "gender": "female" if s % 2 else "male",
-                        "emotion": ["happy", "sad"][u % 2],
-                        "score": float(u),
-                    }
-                )
-    return pl.DataFrame(rows)
+    return speaker_grid(
+        LANGS, speakers, utts, lambda lang, s, u: {"emotion": ["happy", "sad"][u % 2], "score": float(u)}
+    )
 
 
 def engine_features(man: pl.DataFrame, seed: int = 0) -> np.ndarray:

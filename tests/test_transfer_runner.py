@@ -8,23 +8,11 @@ from typer.testing import CliRunner
 from cltm.cli import app
 from cltm.transfer import run_matrix, write_results
 from cltm.transfer.conditions import plan_conditions
+from synthetic_manifest import speaker_grid
 
 
 def _manifest(langs: list[str], speakers: int = 24, utts: int = 4) -> pl.DataFrame:
-    rows = []
-    for lang in langs:
-        for s in range(speakers):
-            for u in range(utts):
-                rows.append(
-                    {
-                        "utt_id": f"{lang}_{s}_{u}",
-                        "path": "x.wav",
-                        "language": lang,
-                        "speaker": f"{lang}_s{s}",
-                        "gender": "female" if s % 2 else "male",
-                    }
-                )
-    return pl.DataFrame(rows)
+    return speaker_grid(langs, speakers, utts)
 
 
 def _gender_embeddings(
