@@ -354,17 +354,17 @@ def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
     pred = np.asarray(predicted).astype(bool)
     if pred.ndim != 2 or len(pred) != len(truth):
         raise ValueError(f"predicted must be [{len(truth)}, k], got shape {pred.shape}")
+    n_pos = truth.sum()
     tp = (pred & truth).sum(0)
-    tn = (~pred & ~truth).sum(0)
-    fp = (pred & ~truth).sum(0)
-    fn = (~pred & truth).sum(0)
-    out = []
-    for k in range(pred.shape[1]):
-        # per class: 2 TP / (2 TP + FP + FN); a class absent from truth and predictions does not count
-        per_class = [
-            2 * c / (2 * c + a + b)
-            for c, a, b in ((tn[k], fn[k], fp[k]), (tp[k], fp[k], fn[k]))
-            if 2 * c + a + b
-        ]
-        out.append({"f1": float(np.mean(per_class)), "accuracy": float((tp[k] + tn[k]) / len(truth))})
-    return out
+    predicted_pos = pred.sum(0)
+    fp = predicted_pos - tp
+    fn = n_pos - tp
+    tn = len(truth) - tp - fp - fn
+    # per class: 2 TP / (2 TP + FP + FN); a class absent from truth and predictions does not count
+    denominators = np.stack([2 * tn + fn + fp, 2 * tp + fp + fn])  # [class 0, class 1] x k
+    present = denominators > 0
+    zeros = np.zeros(denominators.shape)
+    per_class = np.divide(2 * np.stack([tn, tp]), denominators, out=zeros, where=present)
+    f1 = per_class.sum(0) / present.sum(0)
+    acc = (tp + tn) / len(truth)
+    return [{"f1": float(a), "accuracy": float(b)} for a, b in zip(f1, acc, strict=True)]

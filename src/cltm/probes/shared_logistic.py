@@ -222,12 +222,21 @@ class _Blocks:
         out[:, :-1] += self.scatter @ self.pieces
         return out[: self.nb]
 
-    def loss(self, margins: np.ndarray) -> np.ndarray:
-        """Per problem, sum of weight * log(1 + exp(-y m)) (= -weight * log sigmoid(y m))."""
-        return -self.per_problem(self.weight * log_expit(self.sign * margins))
-
-    def residual(self, margins: np.ndarray) -> np.ndarray:
-        return self.weight * (expit(margins) - self.target)
+    def loss_and_residual(self, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per problem, sum of weight * log(1 + exp(-y m)), and per pair the residual
+        weight * (sigmoid(m) - t), from one sigmoid per pair: with y = +-1 and p = sigmoid(y m), the loss
+        term is -weight * log p and the residual weight * y * (p - 1)."""
+        z = self.sign * margins
+        p = expit(z)
+        with np.errstate(divide="ignore"):
+            log_p = np.log(p)
+        underflow = p < 1e-300  # y m below ~ -690: log sigmoid(y m) = y m to double precision
+        if underflow.any():
+            log_p[underflow] = log_expit(z[underflow])
+        p -= 1.0
+        p *= self.sign
+        p *= self.weight
+        return -self.per_problem(self.weight * log_p), p
 
 
 def _atoms_of(union_pos: list[np.ndarray], n_union: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -347,13 +356,15 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         u = vw[:, :d] / scale
         return blocks.products(u, vw[:, d] - _rowdot(u, mean))
 
-    def objective_and_gradient(vw: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = blocks.transposed_products(blocks.residual(margins))  # [sum r x, sum r]
+    def objective_and_gradient(vw: np.ndarray, margins: np.ndarray, known=None):
+        """``known``: (loss, residual) at ``margins`` if the line search has them."""
+        loss, residual = blocks.loss_and_residual(margins) if known is None else known
+        g = blocks.transposed_products(residual)  # [sum r x, sum r]
         g_w = g[:, :d]
         g_w -= mean * g[:, d:]
         g_w /= scale
         g_w += vw[:, :d]
-        f = blocks.loss(margins) + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
+        f = loss + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
         return f, g
 
     # the working set: problems still being solved, with their solver state (L-BFGS history included)
@@ -418,12 +429,13 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         for _ in range(40):  # backtracking; margins are linear in the step, no data product needed
             pair_step = blocks.per_pair(step)
             moved = M + pair_step * dM
-            trial = blocks.loss(moved) + 0.5 * (ww + 2 * step * wd + step**2 * dd)
+            loss, residual = blocks.loss_and_residual(moved)
+            trial = loss + 0.5 * (ww + 2 * step * wd + step**2 * dd)
             ok = trial <= f + 1e-4 * step * slope  # Armijo
             if not (ok | accepted).all():
                 # near the optimum the decrease falls below float64 resolution of f: accept a step whose
                 # directional derivative shows it did not overshoot (Hager-Zhang's approximate Wolfe)
-                d_step = blocks.per_problem(blocks.residual(moved) * dM) + wd + step * dd
+                d_step = blocks.per_problem(residual * dM) + wd + step * dd
                 ok |= (trial <= f + 1e-12 * np.abs(f)) & (d_step <= -0.8 * slope)
             accepted |= ok
             if accepted.all():
@@ -433,8 +445,12 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         step[stuck] = 0.0  # no decrease measurable: the problem is at its optimum as far as we can resolve
         s_new = step[:, None] * direction
         v += s_new
-        M += blocks.per_pair(step) * dM
-        f_new, g_new = objective_and_gradient(v, M)
+        if stuck.any():
+            M += blocks.per_pair(step) * dM
+            f_new, g_new = objective_and_gradient(v, M)
+        else:  # every problem kept its accepted step, so the last trial is the new point: reuse its values
+            M = moved
+            f_new, g_new = objective_and_gradient(v, M, (loss, residual))
         g_new[done] = g[done]
         f = np.where(done, f, f_new)
         y_new = g_new - g

@@ -253,7 +253,7 @@ def _layer_rows(
     labels: np.ndarray,
     fold_plans: list[tuple[int | None, dict[str, LanguagePlan]]],
     settings: dict[str, Any],
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, pl.DataFrame]:
     """All runs of one layer (a pure function of its inputs: safe to run in any worker).
 
     ``features``: a cache path (re-opened here) or the layer's own array (2-D; 3-D [rows, layers, dim] for a
@@ -268,7 +268,8 @@ def _layer_rows(
         spec = PROBES[spec]
     evaluate = spec.naive if settings.get("naive") else spec.fast
     classes = settings["classes"]
-    out: dict[str, list[dict[str, Any]]] = {"runs": [], "confusion": [], "predictions": [], "weights": []}
+    k = len(classes)
+    tables = {name: _ColumnStore() for name in ("runs", "confusion", "predictions", "weights")}
     for fold, plans in fold_plans:
         targets = list(plans)
         for seed in settings["seeds"]:
@@ -290,52 +291,106 @@ def _layer_rows(
                 ]
             results = evaluate(X, labels, groups, {**settings["options"], "seed": seed})
             for target, problems, metrics in zip(targets, problem_lists, results, strict=True):
-                for problem, values in zip(problems, metrics, strict=True):
-                    key = {
+                n = len(problems)
+                key = {
+                    "layer": layer,
+                    "condition": [p.condition for p in problems],
+                    "target": target,
+                    "donor": [p.donor for p in problems],
+                    "seed": seed,
+                    "fold": fold,
+                }
+                preds = [values.pop("_pred", None) for values in metrics]
+                scores = [values.pop("_scores", None) for values in metrics]
+                weights = [values.pop("_layer_weights", None) for values in metrics]
+                tables["runs"].add(
+                    n,
+                    {
+                        **key,
+                        "n_train": [int(len(p.train_rows)) for p in problems],
+                        **_metric_columns(metrics),
+                    },
+                )
+                if preds[0] is None:
+                    continue
+                y_test = labels[plans[target].test_rows]
+                # every problem's confusion counts in one bincount: [problem, true * k + pred]
+                codes = y_test[None, :] * k + np.asarray(preds, dtype=np.int64)
+                offsets = np.arange(n)[:, None] * (k * k)
+                counts = np.bincount((codes + offsets).ravel(), minlength=n * k * k)
+                cells = np.flatnonzero(counts)
+                which, cell = np.divmod(cells, k * k)
+                tables["confusion"].add(
+                    len(cells),
+                    {
                         "layer": layer,
-                        "condition": problem.condition,
+                        "condition": [problems[w].condition for w in which],
                         "target": target,
-                        "donor": problem.donor,
+                        "donor": [problems[w].donor for w in which],
                         "seed": seed,
                         "fold": fold,
-                    }
-                    pred = values.pop("_pred", None)
-                    scores = values.pop("_scores", None)
-                    weights = values.pop("_layer_weights", None)
-                    out["runs"].append({**key, "n_train": int(len(problem.train_rows)), **values})
-                    if pred is None:
-                        continue
-                    y_test = labels[plans[target].test_rows]
-                    k = len(classes)
-                    counts = np.bincount(y_test * k + np.asarray(pred, np.int64), minlength=k * k)
-                    for cell in np.flatnonzero(counts):
-                        out["confusion"].append(
-                            {
-                                **key,
-                                "true": classes[cell // k],
-                                "pred": classes[cell % k],
-                                "count": int(counts[cell]),
-                            }
+                        "true": [classes[c // k] for c in cell],
+                        "pred": [classes[c % k] for c in cell],
+                        "count": counts[cells].tolist(),
+                    },
+                )
+                for w, problem in enumerate(problems):
+                    one = {**key, "condition": problem.condition, "donor": problem.donor}
+                    if weights[w] is not None:
+                        stack = settings["stack_layers"]
+                        tables["weights"].add(
+                            len(stack),
+                            {**one, "layer": list(stack), "weight": [float(v) for v in weights[w]]},
                         )
-                    if weights is not None:
-                        for layer_index, w in zip(settings["stack_layers"], weights, strict=True):
-                            out["weights"].append({**key, "layer": layer_index, "weight": float(w)})
                     if settings.get("utt_ids") is not None:
-                        train_langs = _train_languages(problem.condition, target, problem.donor, plans)
                         ids = settings["utt_ids"][plans[target].test_rows]
-                        for r, (utt, t, p_) in enumerate(zip(ids, y_test, pred, strict=True)):
-                            out["predictions"].append(
-                                {
-                                    **key,
-                                    "utt_id": str(utt),
-                                    "train_languages": train_langs,
-                                    "true": classes[int(t)],
-                                    "pred": classes[int(p_)],
-                                    "classes": list(classes),
-                                    "scores": None if scores is None else [float(v) for v in scores[r]],
-                                }
-                            )
-    return out
+                        train_langs = _train_languages(problem.condition, target, problem.donor, plans)
+                        pred = preds[w]
+                        tables["predictions"].add(
+                            len(ids),
+                            {
+                                **one,
+                                "utt_id": [str(u) for u in ids],
+                                "train_languages": [train_langs] * len(ids),
+                                "true": [classes[int(t)] for t in y_test],
+                                "pred": [classes[int(p_)] for p_ in pred],
+                                "classes": [list(classes)] * len(ids),
+                                "scores": [None] * len(ids)
+                                if scores[w] is None
+                                else [[float(v) for v in row] for row in scores[w]],
+                            },
+                        )
+    return {name: store.frame() for name, store in tables.items()}
+
+
+def _metric_columns(metrics: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The metric values of a group's runs as columns (a metric absent from a run is None there)."""
+    names = list(dict.fromkeys(name for values in metrics for name in values))
+    return {name: [values.get(name) for values in metrics] for name in names}
+
+
+class _ColumnStore:
+    """Rows of one results table gathered a block at a time, column by column: a sweep of 50+ languages
+    makes ~10^6 runs and 4x as many confusion cells, far too many for a dict per row."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {}
+        self.n = 0
+
+    def add(self, n: int, block: dict[str, Any]) -> None:
+        """``n`` rows; each value a list of n or a scalar that every row shares."""
+        if not n:
+            return
+        for name, value in block.items():
+            column = self.columns.setdefault(name, [None] * self.n)
+            column.extend(value if isinstance(value, list) else [value] * n)
+        for name, column in self.columns.items():
+            if name not in block:
+                column.extend([None] * n)
+        self.n += n
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.columns, strict=False) if self.n else pl.DataFrame()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -398,7 +453,7 @@ def _run_layers(
     fold_plans: list[tuple[int | None, dict[str, LanguagePlan]]],
     settings: dict[str, Any],
     execution: ExecutionSettings,
-) -> list[dict[str, list[dict[str, Any]]]]:
+) -> list[dict[str, pl.DataFrame]]:
     """``units``: (layer, payload) pairs; a payload is a cache path (workers re-open it) or an array."""
     from joblib import Parallel, delayed
 
@@ -631,10 +686,10 @@ def run_matrix(
     parts = _run_layers(source, units, labels, fold_plans, settings, execution) if fold_plans else []
 
     def table(name: str, columns: dict[str, pl.DataType], extra: dict[str, Any]) -> pl.DataFrame:
-        rows = [row for part in parts for row in part[name]]
-        if not rows:
+        frames = [part[name] for part in parts if part[name].height]
+        if not frames:
             return empty_frame(columns)
-        df = pl.DataFrame(rows, infer_schema_length=None).with_columns(
+        df = pl.concat(frames, how="diagonal_relaxed").with_columns(
             *(pl.lit(v).alias(k) for k, v in extra.items())
         )
         return conform(df, columns)
@@ -646,8 +701,8 @@ def run_matrix(
     )
     result.confusion = table("confusion", CONFUSION_COLUMNS, ident)
     result.predictions = table("predictions", PREDICTIONS_COLUMNS, {**ident, "source": "probe"})
-    weights_rows = [row for part in parts for row in part["weights"]]
-    result.layer_weights = pl.DataFrame(weights_rows) if weights_rows else None
+    weight_frames = [part["weights"] for part in parts if part["weights"].height]
+    result.layer_weights = pl.concat(weight_frames, how="diagonal_relaxed") if weight_frames else None
     result.notes = notes
     return result
 
