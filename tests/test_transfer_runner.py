@@ -271,3 +271,29 @@ def test_cli_embeddings_and_from_runs(tmp_path):
         ],
     )
     assert r4.exit_code != 0 and "out of range" in r4.output
+
+
+def test_seed_chunks_balance_layers_over_workers():
+    from cltm.transfer.runner import seed_chunks
+
+    seeds = list(range(10))
+    assert seed_chunks(seeds, 12, 2) == [seeds]  # 12 layers already fill 2 workers evenly
+    halves = seed_chunks(seeds, 13, 2)
+    assert halves == [seeds[:5], seeds[5:]]  # 26 jobs: 13 rounds each instead of 7 and 6
+    for n_layers, workers in [(13, 4), (3, 8), (1, 2), (5, 3)]:
+        chunks = seed_chunks(seeds, n_layers, workers)
+        assert [s for c in chunks for s in c] == seeds  # contiguous, complete, in order
+        jobs = n_layers * len(chunks)
+        assert -(-jobs // workers) * workers / jobs - 1 <= 0.25
+    assert seed_chunks(seeds, 13, 1) == [seeds]
+
+
+def test_seed_chunked_parallel_run_equals_serial_and_counts_layers():
+    man = _manifest(["a", "b"])
+    X = _gender_embeddings(man, {"a": 1, "b": -1}, layers=3)
+    serial = run_matrix(X, man, "gender", n=5, seeds=2, progress=False)
+    done = []  # 3 layers x 2 seed chunks on 2 workers
+    parallel = run_matrix(X, man, "gender", n=5, seeds=2, progress=done.append, n_jobs=2)
+    assert parallel.runs.equals(serial.runs)
+    assert parallel.confusion.equals(serial.confusion)
+    assert sum(done) == 3
