@@ -55,12 +55,13 @@ _MAX_DIRECTIONS = 4
 
 class _Atom:
     """Rows that belong to exactly the same problems: centred on their own mean (``rows``, in the product
-    dtype), that mean (float64), the problems containing them (global ids) and their 0/1 targets."""
+    dtype), that mean relative to the fit's reference point (``offset``, float64), the problems containing
+    them (global ids) and their 0/1 targets."""
 
-    __slots__ = ("rows", "centre", "members", "target")
+    __slots__ = ("rows", "offset", "members", "target")
 
-    def __init__(self, rows: np.ndarray, centre: np.ndarray, members: np.ndarray, target: np.ndarray):
-        self.rows, self.centre, self.members, self.target = rows, centre, members, target
+    def __init__(self, rows: np.ndarray, offset: np.ndarray, members: np.ndarray, target: np.ndarray):
+        self.rows, self.offset, self.members, self.target = rows, offset, members, target
 
 
 def _bucket(q: int) -> int:
@@ -82,8 +83,14 @@ class _Group:
             self.cols[k, : len(c)] = c
         # gathers of coefficients read problem 0 on padding (its pairs weigh 0; sums go to ``nb``)
         self.take = np.where(self.cols == nb, 0, self.cols)
-        self.X = np.stack([a.rows for a, _ in members])
-        self.centre = np.stack([a.centre for a, _ in members])
+        # each atom's rows and, as one more row, its offset: a product pass yields x . u and offset . u
+        r, d = members[0][0].rows.shape
+        self.X_and_offset = np.empty((A, r + 1, d), dtype=members[0][0].rows.dtype)
+        for k, (a, _) in enumerate(members):
+            self.X_and_offset[k, :r] = a.rows
+            self.X_and_offset[k, r] = a.offset
+        self.X = self.X_and_offset[:, :r]
+        self.offset64 = np.stack([a.offset for a, _ in members])
         self.target = np.stack([a.target for a, _ in members])[:, :, None]  # [A, r, 1]
 
 
@@ -159,8 +166,8 @@ class _Blocks:
             (np.zeros(off), np.concatenate(piece_atom)[self.order], indptr),
             shape=(nb + 1, sum(g.X.shape[0] for g in self.groups)),
         )
-        centres = np.concatenate([g.centre for g in self.groups])
-        self.centres_and_one = np.concatenate([centres, np.ones((len(centres), 1))], axis=1)
+        offsets = np.concatenate([g.offset64 for g in self.groups])
+        self.centres_and_one = np.concatenate([offsets, np.ones((len(offsets), 1))], axis=1)
 
     def carry(self, values: np.ndarray, old: _Blocks) -> np.ndarray:
         """Per-pair ``values`` laid out by ``old`` (a superset of these problems), in this layout: margins
@@ -190,13 +197,14 @@ class _Blocks:
         return out[: self.nb]
 
     def products(self, u: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """x . u_p + c_p for every pair: (x - atom centre) . u in the rows' dtype, centre . u in float64."""
-        u_low = u.astype(self.dtype)
+        """x . u_p + c_p for every pair, float64 out, for ``u`` in the rows' dtype and ``c`` = the intercept
+        in coordinates relative to the reference point: (x - atom centre) . u + offset . u + c."""
         out = np.empty(len(self.target))
         for g, span in zip(self.groups, self.spans, strict=True):
-            shift = np.take_along_axis(g.centre @ u.T, g.take, axis=1) + c[g.take]
+            both = np.matmul(g.X_and_offset, u[g.take].transpose(0, 2, 1))  # [A, r + 1, q]
+            shift = both[:, -1, :] + c[g.take]
             view = out[span].reshape(g.X.shape[0], g.X.shape[1], g.cols.shape[1])
-            np.add(np.matmul(g.X, u_low[g.take].transpose(0, 2, 1)), shift[:, None, :], out=view)
+            np.add(both[:, :-1, :], shift[:, None, :], out=view)
         return out
 
     def centred_sumsq(self, u: np.ndarray) -> np.ndarray:
@@ -209,7 +217,7 @@ class _Blocks:
         return out[: self.nb]
 
     def transposed_products(self, residual: np.ndarray) -> np.ndarray:
-        """Per problem, the sums over its rows of residual * [x, 1] -> [nb, d + 1] (float64)."""
+        """Per problem, the sums over its rows of residual * [x - reference, 1] -> [nb, d + 1] (float64)."""
         rs = np.empty(len(self.piece_cols))
         for (values, g), span in zip(self._values(residual), self.piece_spans, strict=True):
             A, r, q = values.shape
@@ -341,41 +349,61 @@ def _between_directions(
     return directions, between
 
 
+def _rowdot64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products accumulated in float64 (inputs in any float dtype)."""
+    return np.einsum("bd,bd->b", a, b, dtype=np.float64)
+
+
 def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=None) -> None:
     """L-BFGS in lockstep over problems ``ids``, from their rows of ``v_all``; writes ``v_all``, ``g_all``
-    and ``n_iter`` in place. Products with the data run in the dtype of the atoms' rows. ``blocks``: the
-    layout of exactly ``ids`` if the caller has it."""
+    and ``n_iter`` in place. ``blocks``: the layout of exactly ``ids`` if the caller has it.
+
+    The products with the data and the solver state (iterate, gradient, direction, history) are in the
+    dtype of the atoms' rows; margins, losses and the reductions the line search compares are float64.
+    With ~1,600 problems of 769 parameters the state is as large as the data and every pass over it costs
+    memory bandwidth, so float32 state halves most of an iteration's cost. ``problem``'s means are relative
+    to the fit's reference point (as the atoms' offsets)."""
     mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre_all = problem
     nb_all, d = len(v_all), v_all.shape[1] - 1
+    sd = atoms[0].rows.dtype
 
     def working(ids: np.ndarray):
-        return _Blocks(atoms, ids, nb_all, w_pos, w_neg, C), mean_all[ids], scale_all[ids]
+        return (
+            _Blocks(atoms, ids, nb_all, w_pos, w_neg, C),
+            mean_all[ids],
+            (1.0 / scale_all[ids]),
+        )
 
     def margins_of(vw: np.ndarray) -> np.ndarray:
-        """Margins x . u + c of every pair for standardised parameters [w, b] per working problem."""
-        u = vw[:, :d] / scale
-        return blocks.products(u, vw[:, d] - _rowdot(u, mean))
+        """Margins of every pair for standardised parameters [w, b] per working problem."""
+        u = vw[:, :d] * inv_scale_low
+        return blocks.products(u, vw[:, d] - _rowdot64(u, mean_low))
 
     def objective_and_gradient(vw: np.ndarray, margins: np.ndarray, known=None):
         """``known``: (loss, residual) at ``margins`` if the line search has them."""
         loss, residual = blocks.loss_and_residual(margins) if known is None else known
-        g = blocks.transposed_products(residual)  # [sum r x, sum r]
-        g_w = g[:, :d]
-        g_w -= mean * g[:, d:]
-        g_w /= scale
-        g_w += vw[:, :d]
-        f = loss + 0.5 * _rowdot(vw[:, :d], vw[:, :d])
-        return f, g
+        out = blocks.transposed_products(residual)  # [sum r (x - reference), sum r], float64
+        out[:, :d] -= mean * out[:, d:]
+        out[:, :d] *= inv_scale
+        g = out.astype(sd)
+        g[:, :d] += vw[:, :d]
+        return loss + 0.5 * _rowdot64(vw[:, :d], vw[:, :d]), g
+
+    def set_working(new_ids: np.ndarray):
+        nonlocal mean, inv_scale, mean_low, inv_scale_low
+        mean, inv_scale = mean_all[new_ids], 1.0 / scale_all[new_ids]
+        mean_low, inv_scale_low = mean.astype(sd), inv_scale.astype(sd)
 
     # the working set: problems still being solved, with their solver state (L-BFGS history included)
-    v = v_all[ids]
+    v = v_all[ids].astype(sd)
     pre = pre_all.subset(ids)
     S: list[np.ndarray] = []
     Y: list[np.ndarray] = []
     rho: list[np.ndarray] = []
     if blocks is None:
         blocks = working(ids)[0]
-    mean, scale = mean_all[ids], scale_all[ids]
+    mean = inv_scale = mean_low = inv_scale_low = None
+    set_working(ids)
     threshold = threshold_all[ids]
     M = margins_of(v) if v.any() else np.zeros(len(blocks.target))
     f, g = objective_and_gradient(v, M)
@@ -391,12 +419,13 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
                     break
                 pre = pre.subset(keep)
                 old = blocks
-                blocks, mean, scale = working(ids)
+                blocks = working(ids)[0]
+                set_working(ids)
                 M = blocks.carry(M, old)
                 done = np.zeros(len(ids), dtype=bool)
         active = ~done
-        # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1;
-        # in float32 on one buffer (it only shapes the direction: memory traffic is its whole cost)
+        # two-loop recursion, vectorised over problems, with the preconditioned initial matrix gamma P^-1
+        # (in float32 whatever the state: it only shapes the direction)
         q = g.astype(np.float32)
         buf = np.empty_like(q)
         alphas = []
@@ -413,17 +442,17 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
         q *= gamma[:, None]
         for s_k, y_k, r_k, a_k in zip(S, Y, rho, reversed(alphas), strict=True):
             q += np.multiply(s_k, (a_k - r_k * _rowdot(y_k, q))[:, None], out=buf)
-        direction = -q.astype(np.float64)
-        slope = _rowdot(g, direction)
+        direction = np.negative(q, out=q).astype(sd, copy=False)
+        slope = _rowdot64(g, direction)
         stale = active & (slope >= 0)  # not a descent direction: restart this problem from the gradient
         if stale.any():
             direction[stale] = -g[stale] / np.linalg.norm(g[stale], axis=1)[:, None]
-            slope = _rowdot(g, direction)
+            slope = _rowdot64(g, direction)
         direction[~active] = 0.0
         dM = margins_of(direction)
-        ww = _rowdot(v[:, :d], v[:, :d])
-        wd = _rowdot(v[:, :d], direction[:, :d])
-        dd = _rowdot(direction[:, :d], direction[:, :d])
+        ww = _rowdot64(v[:, :d], v[:, :d])
+        wd = _rowdot64(v[:, :d], direction[:, :d])
+        dd = _rowdot64(direction[:, :d], direction[:, :d])
         step = active.astype(np.float64)
         accepted = ~active
         for _ in range(40):  # backtracking; margins are linear in the step, no data product needed
@@ -443,7 +472,7 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
             step = np.where(accepted, step, step / 2)
         stuck = ~accepted
         step[stuck] = 0.0  # no decrease measurable: the problem is at its optimum as far as we can resolve
-        s_new = step[:, None] * direction
+        s_new = step.astype(sd)[:, None] * direction
         v += s_new
         if stuck.any():
             M += blocks.per_pair(step) * dM
@@ -453,10 +482,10 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
             f_new, g_new = objective_and_gradient(v, M, (loss, residual))
         g_new[done] = g[done]
         f = np.where(done, f, f_new)
-        y_new = g_new - g
-        sy = _rowdot(s_new, y_new)
-        S.append(s_new.astype(np.float32))
-        Y.append(y_new.astype(np.float32))
+        y_new = np.subtract(g_new, g, out=g)  # g is replaced by g_new below
+        sy = _rowdot64(s_new, y_new)
+        S.append(s_new.astype(np.float32, copy=False))
+        Y.append(y_new.astype(np.float32, copy=False))
         rho.append(np.where(sy > 1e-300, 1.0 / np.where(sy > 1e-300, sy, 1.0), 0.0).astype(np.float32))
         if len(S) > history:
             del S[0], Y[0], rho[0]
@@ -529,7 +558,7 @@ def fit_logistic_shared(
     centres = np.empty((len(grouped), d))
     within = np.empty((len(grouped), d))
     counts = np.empty(len(grouped))
-    low: list[_Atom] = []
+    centred: list[np.ndarray] = []
     for k, (rows, members) in enumerate(grouped):
         Xa = np.asarray(features[union[rows]], dtype=np.float64)
         centres[k] = Xa.mean(0)
@@ -537,9 +566,15 @@ def fit_logistic_shared(
         within[k] = np.einsum("rd,rd->d", Xa, Xa)
         counts[k] = len(rows)
         membership[members, k] = 1.0
-        low.append(_Atom(Xa.astype(dtype), centres[k], members, t_union[rows]))
-    reference = centres.mean(0)  # keeps the between-atom sums well conditioned
+        centred.append(Xa.astype(dtype))
+    # the solver works relative to this point (the mean of the atoms' centres): offsets and intercepts stay
+    # of the size of the spread between languages, not of the raw features' distance from the origin
+    reference = centres.mean(0)
     shifted = centres - reference
+    low = [
+        _Atom(X_c, shifted[k], members, t_union[rows])
+        for k, (X_c, (rows, members)) in enumerate(zip(centred, grouped, strict=True))
+    ]
     from scipy.sparse import csr_matrix
 
     sums = csr_matrix(membership) @ np.concatenate(
@@ -568,14 +603,14 @@ def fit_logistic_shared(
     g_all = np.zeros((nb, d + 1))
     n_iter = np.zeros(nb, dtype=np.int64)
     threshold_all = tol * C * n_p
-    problem = (mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre)
+    problem = (mean_all - reference, scale_all, threshold_all, w_pos, w_neg, C, pre)
     _lbfgs(np.arange(nb), low, v_all, g_all, n_iter, problem, max_iter, history, blocks)
     pending = np.flatnonzero(np.abs(g_all).max(1) > threshold_all)
     if len(pending) and np.dtype(dtype) != np.float64:
         # the few problems float32 cannot resolve to ``tol`` are finished in float64 from where they stopped
         exact = [
-            _Atom(np.asarray(features[union[rows]], np.float64) - a.centre, a.centre, a.members, a.target)
-            for (rows, _), a in zip(grouped, low, strict=True)
+            _Atom(np.asarray(features[union[rows]], np.float64) - centres[k], a.offset, a.members, a.target)
+            for k, ((rows, _), a) in enumerate(zip(grouped, low, strict=True))
         ]
         _lbfgs(pending, exact, v_all, g_all, n_iter, problem, max_iter, history)
     return BatchedLogisticFit(
