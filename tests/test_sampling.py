@@ -349,3 +349,35 @@ def test_seeded_rank_matches_reference(keys, seed):
 def test_seeded_rank_hashes_a_lone_surrogate():
     # a legal Python str that is not valid UTF-8 (hypothesis found it): hashed, not a UnicodeEncodeError
     assert seeded_rank(["\ud800", "a"], 3).tolist() == [_rank_reference("\ud800", 3), _rank_reference("a", 3)]
+
+
+def _balanced_reference(pool, label, n, seed, classes=None):
+    """The definition, spelled out: per class the rows in seeded utt_id order (position breaks ties), the
+    first n of each, interleaved class by class in ``classes`` order (default: sorted present values)."""
+    from cltm.corpus.sampling import seeded_rank
+
+    rows = [i for i, v in enumerate(pool[label].to_list()) if v is not None]
+    values = pool[label].to_list()
+    wanted = list(classes) if classes is not None else sorted({values[i] for i in rows}, key=str)
+    rows = [i for i in rows if values[i] in wanted]
+    keys = [pool["utt_id"][i] for i in rows] if "utt_id" in pool.columns else list(range(len(rows)))
+    rank = dict(zip(rows, seeded_rank(keys, seed).tolist(), strict=True))
+    per_class = [sorted((i for i in rows if values[i] == c), key=lambda i: (rank[i], i))[:n] for c in wanted]
+    return [lst[k] for k in range(n) for lst in per_class]
+
+
+def test_balanced_subset_equals_its_definition():
+    rng = np.random.default_rng(0)
+    for t in range(20):
+        size = int(rng.integers(12, 60))
+        genders = rng.choice(["f", "m", "x", None], size=size, p=[0.4, 0.4, 0.1, 0.1]).tolist()
+        ids = [f"u{rng.integers(0, 30)}" for _ in range(size)]  # duplicate ids: ties broken by position
+        df = pl.DataFrame({"utt_id": ids, "gender": genders, "row": range(size)})
+        for frame in (df, df.drop("utt_id")):
+            for classes in (None, ["m", "f"]):
+                present = [c for c in (classes or ["f", "m", "x"]) if c in genders]
+                n = min(genders.count(c) for c in present) if present else 0
+                if n < 1 or (classes is None and set(present) != {g for g in genders if g}):
+                    continue
+                got = balanced_subset(frame, "gender", n, seed=t, classes=classes)["row"].to_list()
+                assert got == _balanced_reference(frame, "gender", n, t, classes)

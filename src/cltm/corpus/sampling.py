@@ -186,27 +186,34 @@ def balanced_subset(
     if n_per_class < 1:
         raise SamplingError(f"n_per_class must be >= 1, got {n_per_class}")
     _require_columns(pool, (label,), "balanced_subset")
-    candidates = pool.filter(pl.col(label).is_not_null())
-    present = sorted(candidates[label].unique().to_list(), key=str)
+    values = pool[label].to_list()
+    present = sorted({v for v in values if v is not None}, key=str)
     wanted = list(classes) if classes is not None else present
-    if classes is not None:
-        candidates = candidates.filter(pl.col(label).is_in(wanted))
-    counts = dict(candidates.group_by(label).len().iter_rows())
-    short = {c: counts.get(c, 0) for c in wanted if counts.get(c, 0) < n_per_class}
+    class_pos = {c: i for i, c in enumerate(wanted)}
+    code = np.array([class_pos.get(v, -1) if v is not None else -1 for v in values], dtype=np.int64)
+    counts = np.bincount(code[code >= 0], minlength=len(wanted))
+    short = {c: int(counts[i]) for i, c in enumerate(wanted) if counts[i] < n_per_class}
     if not wanted:
         raise SamplingError(f"balanced_subset: the pool has no rows with a {label!r} value")
     if short:
-        have = ", ".join(f"{c!r}: {counts.get(c, 0)}" for c in wanted)
+        have = ", ".join(f"{c!r}: {int(counts[i])}" for i, c in enumerate(wanted))
         raise SamplingError(
             f"balanced_subset: asked for {n_per_class} rows per {label!r} class, but the pool has {have} "
             f"(too few: {sorted(map(str, short))}); lower n or use a larger pool"
         )
-    ranked = _ordered(candidates, seed, group=label)
-    ranked = ranked.with_columns(pl.int_range(pl.len()).over(label).alias("_i"))
-    ranked = ranked.filter(pl.col("_i") < n_per_class)
-    class_pos = {c: i for i, c in enumerate(wanted)}
-    ranked = ranked.with_columns(pl.col(label).replace_strict(class_pos, return_dtype=pl.Int64).alias("_c"))
-    return ranked.sort("_i", "_c").drop("_rank", "_pos", "_i", "_c")
+    # per class, the seeded order of utt_id (input position breaks ties), first n_per_class of each; then
+    # interleaved: the first of every class in ``wanted`` order, then the second, ...
+    rows = np.flatnonzero(code >= 0)
+    if "utt_id" in pool.columns:
+        utt_ids = pool["utt_id"].to_list()
+        rank = seeded_rank([utt_ids[r] for r in rows], seed)
+    else:  # no ids: the position among the candidate rows is the key
+        rank = seeded_rank(range(len(rows)), seed)
+    order = rows[np.lexsort((rows, rank, code[rows]))]
+    first_of_class = np.searchsorted(code[order], np.arange(len(wanted)))
+    within = np.arange(len(order)) - first_of_class[code[order]]
+    kept, kept_within = order[within < n_per_class], within[within < n_per_class]
+    return pool[kept[np.lexsort((code[kept], kept_within))]]
 
 
 def speaker_subset(
