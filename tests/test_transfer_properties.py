@@ -223,3 +223,23 @@ def test_stable_summary_and_missing_cells():
         both = [j for j in range(4) if not math.isnan(C[k, j])]
         sims[(i, k)] = C[i, both] @ C[k, both] / (np.linalg.norm(C[i, both]) * np.linalg.norm(C[k, both]))
     assert p["mean_target_cosine"] == pytest.approx(np.mean(list(sims.values())))
+
+
+def test_row_cosine_similarity_equals_the_pairwise_loop():
+    from cltm.transfer.properties import row_cosine_similarity
+
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(7, 7))
+    c[rng.random(c.shape) < 0.3] = np.nan
+    c[2] = 0.0  # a zero row: NaN against every row
+    c[4, :] = np.nan
+    c[4, 0] = 1.0  # one column only
+    expected = np.full(c.shape, np.nan)
+    for i in range(len(c)):
+        for k in range(len(c)):
+            both = np.isfinite(c[i]) & np.isfinite(c[k])
+            a, b = c[i, both], c[k, both]
+            norm = np.linalg.norm(a) * np.linalg.norm(b)
+            if both.any() and norm > 0:
+                expected[i, k] = np.clip(a @ b / norm, -1, 1)
+    np.testing.assert_allclose(row_cosine_similarity(c), expected, rtol=1e-12, atol=1e-15)

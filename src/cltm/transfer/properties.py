@@ -125,15 +125,16 @@ def stable_offdiag(c: np.ndarray, unstable_rows: np.ndarray) -> np.ndarray:
 
 def row_cosine_similarity(c: np.ndarray) -> np.ndarray:
     """Cosine similarity of every pair of rows over the columns present in both (NaN if a norm is 0)."""
-    n = len(c)
-    out = np.full((n, n), np.nan)
-    for i in range(n):
-        for k in range(n):
-            both = np.isfinite(c[i]) & np.isfinite(c[k])
-            a, b = c[i, both], c[k, both]
-            norm = np.linalg.norm(a) * np.linalg.norm(b)
-            if both.any() and norm > 0:
-                out[i, k] = float(np.clip(a @ b / norm, -1.0, 1.0))
+    present = np.isfinite(c).astype(np.float64)
+    values = np.where(present > 0, c, 0.0)
+    squares = values**2
+    dots = values @ values.T
+    # each row's squared norm over the columns the other row has too
+    norms = np.sqrt((squares @ present.T) * (present @ squares.T))
+    shared = (present @ present.T) > 0
+    ok = shared & (norms > 0)
+    out = np.full(dots.shape, np.nan)
+    out[ok] = np.clip(dots[ok] / norms[ok], -1.0, 1.0)
     return out
 
 

@@ -205,6 +205,10 @@ def matrix_from_runs(
             ).iter_rows()
         }
         chosen = group["metric"][0]
+        donors_of: dict[str, set] = {}
+        for c, t, d in stats:
+            if c == "pair" and d != t:
+                donors_of.setdefault(t, set()).add(d)
         targets = sorted(
             {t for (c, t, _d) in stats if c == "single"} & {t for (c, t, _d) in stats if c == "self"}
         )
@@ -213,7 +217,7 @@ def matrix_from_runs(
             own = stats[("self", target, target)] if ("self", target, target) in stats else None
             if single is None or own is None:
                 continue
-            donors = sorted({d for (c, t, d) in stats if c == "pair" and t == target and d != target})
+            donors = sorted(donors_of.get(target, ()))
             cell_rows = [(target, own, None)] + [
                 (d, stats[("pair", target, d)], stats.get(("zero_shot", target, d))) for d in donors
             ]
