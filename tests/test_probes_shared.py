@@ -175,14 +175,26 @@ def test_margins_carried_across_a_rebuild_equal_recomputed_ones():
     ]
     nb = len(subsets)
     weights = np.ones(nb)
-    everything = _Blocks(atoms, np.arange(nb), nb, weights, weights, 1.0)
+    sizes = np.array([len(s) for s in subsets], dtype=float)
+    everything = _Blocks(atoms, np.arange(nb), nb, weights, weights, 1.0, sizes)
     u, c = rng.normal(size=(nb, X.shape[1])), rng.normal(size=nb)
     margins = everything.products(u, c)
     for p, rows in enumerate(subsets):  # the layout itself: every problem's margins are its rows' x . u + c
         got = margins[everything.problem_of == p]
         np.testing.assert_allclose(np.sort(got), np.sort(X[rows] @ u[p] + c[p]), atol=1e-9)
     keep = np.array([1, 3, 5, 6, nb - 1])
-    part = _Blocks(atoms, keep, nb, weights, weights, 1.0)
+    part = _Blocks(atoms, keep, nb, weights, weights, 1.0, sizes)
     real = part.problem_of < len(keep)  # padding pairs weigh nothing; their margins are never read
     carried, recomputed = part.carry(margins, everything), part.products(u[keep], c[keep])
     np.testing.assert_allclose(carried[real], recomputed[real], atol=1e-9)
+    # the transposed product: per problem, sum of r (x - its mean) and sum of r, for any per-pair r
+    residual = rng.normal(size=len(everything.target)) * (everything.problem_of < nb)
+    sum_w, sum_r = everything.transposed_products(residual)
+    for p, rows in enumerate(subsets):
+        mine = everything.problem_of == p
+        r_of_row = {}  # each (row, problem) pair's residual, keyed by the row's margin (distinct here)
+        for m, r in zip(margins[mine], residual[mine], strict=True):
+            r_of_row[round(float(m), 9)] = r
+        r_rows = np.array([r_of_row[round(float(m), 9)] for m in X[rows] @ u[p] + c[p]])
+        np.testing.assert_allclose(sum_w[p], r_rows @ (X[rows] - X[rows].mean(0)), atol=1e-9)
+        assert sum_r[p] == pytest.approx(r_rows.sum(), abs=1e-9)

@@ -102,7 +102,7 @@ class _Blocks:
     [A, r, q] order. Rebuilt when problems finish.
     """
 
-    def __init__(self, atoms: list[_Atom], ids: np.ndarray, n_all: int, w_pos, w_neg, C: float):
+    def __init__(self, atoms: list[_Atom], ids: np.ndarray, n_all: int, w_pos, w_neg, C: float, sizes):
         nb = len(ids)
         local_of = np.full(n_all, -1)
         local_of[ids] = np.arange(nb)
@@ -124,6 +124,8 @@ class _Blocks:
         wp, wn = np.r_[C * w_pos[ids], 0.0], np.r_[C * w_neg[ids], 0.0]
         for (r, q), members in shapes.items():
             g = _Group(members, q, nb)
+            # each atom's share of each of its problems' rows (0 on padding): see transposed_products
+            g.share = np.where(g.cols < nb, r / np.r_[sizes[ids], 1.0][g.cols], 0.0)
             self.groups.append(g)
             A = len(members)
             atom_ids = np.array(which[(r, q)])
@@ -141,33 +143,21 @@ class _Blocks:
         self.problem_of = np.concatenate(owners)  # local problem id of every pair (nb: padding)
         self.dtype = self.groups[0].X.dtype
         self.first_pos[:, nb] = -1
-        # The transposed product makes one [d] piece per (atom, problem) in a GEMM; the pieces, and each
-        # atom's residual sum times [its centre, 1], add up per problem in two sparse products.
+        # The transposed product makes one [d] piece per (atom, problem) in a GEMM; the pieces add up per
+        # problem in one sparse product.
         from scipy.sparse import csr_matrix
 
-        self.piece_spans, piece_cols, piece_atom, off = [], [], [], 0
-        for k, g in enumerate(self.groups):
+        self.piece_spans, piece_cols, off = [], [], 0
+        for g in self.groups:
             n = g.cols.size
             self.piece_spans.append(slice(off, off + n))
             piece_cols.append(g.cols.ravel())
-            piece_atom.append(
-                np.repeat(np.arange(g.X.shape[0]), g.cols.shape[1])
-                + sum(h.X.shape[0] for h in self.groups[:k])
-            )
             off += n
         piece_cols_all = np.concatenate(piece_cols)
-        self.piece_cols = piece_cols_all
         self.pieces = np.empty((off, self.groups[0].X.shape[2]), self.dtype)
-        self.order = np.argsort(piece_cols_all, kind="stable")
+        order = np.argsort(piece_cols_all, kind="stable")
         indptr = np.r_[0, np.cumsum(np.bincount(piece_cols_all, minlength=nb + 1))]
-        self.scatter = csr_matrix((np.ones(off, self.dtype), self.order, indptr), shape=(nb + 1, off))
-        # values overwritten on each use: the residual sum of each (atom, problem)
-        self.centre_weights = csr_matrix(
-            (np.zeros(off), np.concatenate(piece_atom)[self.order], indptr),
-            shape=(nb + 1, sum(g.X.shape[0] for g in self.groups)),
-        )
-        offsets = np.concatenate([g.offset64 for g in self.groups])
-        self.centres_and_one = np.concatenate([offsets, np.ones((len(offsets), 1))], axis=1)
+        self.scatter = csr_matrix((np.ones(off, self.dtype), order, indptr), shape=(nb + 1, off))
 
     def carry(self, values: np.ndarray, old: _Blocks) -> np.ndarray:
         """Per-pair ``values`` laid out by ``old`` (a superset of these problems), in this layout: margins
@@ -216,19 +206,25 @@ class _Blocks:
             out += np.bincount(g.cols.ravel(), weights=sq.sum(1).ravel(), minlength=self.nb + 1)
         return out[: self.nb]
 
-    def transposed_products(self, residual: np.ndarray) -> np.ndarray:
-        """Per problem, the sums over its rows of residual * [x - reference, 1] -> [nb, d + 1] (float64)."""
-        rs = np.empty(len(self.piece_cols))
-        for (values, g), span in zip(self._values(residual), self.piece_spans, strict=True):
+    def transposed_products(self, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per problem, the sums over its rows of residual * (x - the problem's mean) [nb, d] (rows' dtype)
+        and of the residual [nb] (float64).
+
+        With x = reference + atom offset + (x - atom centre) and the problem's mean the row-weighted mean
+        of its atoms' offsets, the sum is, over the problem's atoms a, the GEMM piece sum r (x - centre_a)
+        plus (R_a - n_a / n_p R_p) offset_a (R: residual sums): one more column of each atom's GEMM,
+        against its offset row."""
+        sums = [(values, g, values.sum(1)) for values, g in self._values(residual)]  # R per (atom, problem)
+        total = np.zeros(self.nb + 1)
+        for _, g, R in sums:
+            total += np.bincount(g.cols.ravel(), weights=R.ravel(), minlength=self.nb + 1)
+        for (values, g, R), span in zip(sums, self.piece_spans, strict=True):
             A, r, q = values.shape
-            rs[span] = values.sum(1).ravel()
-            np.matmul(
-                values.astype(self.dtype).transpose(0, 2, 1), g.X, out=self.pieces[span].reshape(A, q, -1)
-            )
-        self.centre_weights.data[:] = rs[self.order]
-        out = self.centre_weights @ self.centres_and_one  # centres' share, and the residual sums
-        out[:, :-1] += self.scatter @ self.pieces
-        return out[: self.nb]
+            weights = np.empty((A, q, r + 1), self.dtype)
+            weights[:, :, :r] = values.transpose(0, 2, 1)
+            weights[:, :, r] = R - g.share * total[g.cols]
+            np.matmul(weights, g.X_and_offset, out=self.pieces[span].reshape(A, q, -1))
+        return (self.scatter @ self.pieces)[: self.nb], total[: self.nb]
 
     def loss_and_residual(self, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per problem, sum of weight * log(1 + exp(-y m)), and per pair the residual
@@ -363,16 +359,12 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
     With ~1,600 problems of 769 parameters the state is as large as the data and every pass over it costs
     memory bandwidth, so float32 state halves most of an iteration's cost. ``problem``'s means are relative
     to the fit's reference point (as the atoms' offsets)."""
-    mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre_all = problem
+    mean_all, scale_all, threshold_all, w_pos, w_neg, C, pre_all, sizes = problem
     nb_all, d = len(v_all), v_all.shape[1] - 1
     sd = atoms[0].rows.dtype
 
-    def working(ids: np.ndarray):
-        return (
-            _Blocks(atoms, ids, nb_all, w_pos, w_neg, C),
-            mean_all[ids],
-            (1.0 / scale_all[ids]),
-        )
+    def working(ids: np.ndarray) -> _Blocks:
+        return _Blocks(atoms, ids, nb_all, w_pos, w_neg, C, sizes)
 
     def margins_of(vw: np.ndarray) -> np.ndarray:
         """Margins of every pair for standardised parameters [w, b] per working problem."""
@@ -382,17 +374,16 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
     def objective_and_gradient(vw: np.ndarray, margins: np.ndarray, known=None):
         """``known``: (loss, residual) at ``margins`` if the line search has them."""
         loss, residual = blocks.loss_and_residual(margins) if known is None else known
-        out = blocks.transposed_products(residual)  # [sum r (x - reference), sum r], float64
-        out[:, :d] -= mean * out[:, d:]
-        out[:, :d] *= inv_scale
-        g = out.astype(sd)
+        sum_w, sum_b = blocks.transposed_products(residual)  # sum r (x - mean), sum r
+        g = np.empty(vw.shape, sd)
+        np.multiply(sum_w, inv_scale_low, out=g[:, :d])
         g[:, :d] += vw[:, :d]
+        g[:, d] = sum_b
         return loss + 0.5 * _rowdot64(vw[:, :d], vw[:, :d]), g
 
     def set_working(new_ids: np.ndarray):
-        nonlocal mean, inv_scale, mean_low, inv_scale_low
-        mean, inv_scale = mean_all[new_ids], 1.0 / scale_all[new_ids]
-        mean_low, inv_scale_low = mean.astype(sd), inv_scale.astype(sd)
+        nonlocal mean_low, inv_scale_low
+        mean_low, inv_scale_low = mean_all[new_ids].astype(sd), (1.0 / scale_all[new_ids]).astype(sd)
 
     # the working set: problems still being solved, with their solver state (L-BFGS history included)
     v = v_all[ids].astype(sd)
@@ -401,8 +392,8 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
     Y: list[np.ndarray] = []
     rho: list[np.ndarray] = []
     if blocks is None:
-        blocks = working(ids)[0]
-    mean = inv_scale = mean_low = inv_scale_low = None
+        blocks = working(ids)
+    mean_low = inv_scale_low = None
     set_working(ids)
     threshold = threshold_all[ids]
     M = margins_of(v) if v.any() else np.zeros(len(blocks.target))
@@ -419,7 +410,7 @@ def _lbfgs(ids, atoms, v_all, g_all, n_iter, problem, max_iter, history, blocks=
                     break
                 pre = pre.subset(keep)
                 old = blocks
-                blocks = working(ids)[0]
+                blocks = working(ids)
                 set_working(ids)
                 M = blocks.carry(M, old)
                 done = np.zeros(len(ids), dtype=bool)
@@ -590,7 +581,7 @@ def fit_logistic_shared(
 
     directions, between_ss = _between_directions(membership, counts, centres, mean_all, scale_all)
     shrink = np.zeros_like(between_ss)
-    blocks = _Blocks(low, np.arange(nb), nb, w_pos, w_neg, C)
+    blocks = _Blocks(low, np.arange(nb), nb, w_pos, w_neg, C, n_p)
     if precondition and directions.shape[1]:
         # within-atom sum of squares along each direction: one product pass per direction
         for k in range(directions.shape[1]):
@@ -603,7 +594,7 @@ def fit_logistic_shared(
     g_all = np.zeros((nb, d + 1))
     n_iter = np.zeros(nb, dtype=np.int64)
     threshold_all = tol * C * n_p
-    problem = (mean_all - reference, scale_all, threshold_all, w_pos, w_neg, C, pre)
+    problem = (mean_all - reference, scale_all, threshold_all, w_pos, w_neg, C, pre, n_p)
     _lbfgs(np.arange(nb), low, v_all, g_all, n_iter, problem, max_iter, history, blocks)
     pending = np.flatnonzero(np.abs(g_all).max(1) > threshold_all)
     if len(pending) and np.dtype(dtype) != np.float64:
