@@ -58,6 +58,7 @@ class ManyPLDASettings:
     - ``pca_solver``: ``"auto"`` (LAPACK's top-k solver per model on a CPU, one batched torch call on another
       device) or ``"torch"`` (batched torch everywhere).
     - ``em_steps``: at most this many EM steps after the moment start (None: the per-model ``max_iter``).
+    - ``em_dtype``: ``"float64"`` or ``"float32"`` for the moment start and EM (the fitted model is float64).
     - ``score_dtype``: the precision of :func:`score_trials_wide` when the sweep scores with these models
       (float32 moves scores by ~1e-6 relative; the fit itself does not use it).
     - ``batch_size``: models per batch (memory: a few d x d float64 matrices per model).
@@ -78,6 +79,7 @@ class ManyPLDASettings:
     pca_dtype: str = "float64"
     pca_solver: str = "auto"
     em_steps: int | None = None
+    em_dtype: str = "float64"
     score_dtype: str = "float64"
     batch_size: int = 32
     device: str = "cpu"
@@ -222,6 +224,8 @@ def _check_settings(settings: ManyPLDASettings) -> None:
         raise ValueError(f"pca_dtype must be 'float64' or 'float32', got {settings.pca_dtype!r}")
     if settings.pca_solver not in ("auto", "torch"):
         raise ValueError(f"pca_solver must be 'auto' or 'torch', got {settings.pca_solver!r}")
+    if settings.em_dtype not in ("float64", "float32"):
+        raise ValueError(f"em_dtype must be 'float64' or 'float32', got {settings.em_dtype!r}")
     if settings.score_dtype not in ("float64", "float32"):
         raise ValueError(f"score_dtype must be 'float64' or 'float32', got {settings.score_dtype!r}")
     if settings.batch_size < 1:
@@ -484,8 +488,10 @@ def _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings: ManyPLDASettin
     torch = _torch()
     dev = outer_c.device
     M = len(batch)
-    n = torch.tensor([float(s.n) for s in batch], dtype=torch.float64, device=dev)
-    n_spk = torch.tensor([float(s.n_speakers) for s in batch], dtype=torch.float64, device=dev)
+    dt = torch.float32 if settings.em_dtype == "float32" else torch.float64
+    outer_c, sums_c, counts, mask = (t.to(dt) for t in (outer_c, sums_c, counts, mask))
+    n = torch.tensor([float(s.n) for s in batch], dtype=dt, device=dev)
+    n_spk = torch.tensor([float(s.n_speakers) for s in batch], dtype=dt, device=dev)
     data = _Data(outer_c, sums_c * mask[..., None], counts, mask, n, n_spk)
     reg, tol = settings.reg, settings.tol
     max_iter = settings.max_iter if settings.em_steps is None else min(settings.max_iter, settings.em_steps)
@@ -494,7 +500,7 @@ def _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings: ManyPLDASettin
 
     steps = torch.zeros(M, dtype=torch.int64, device=dev)
     converged = torch.zeros(M, dtype=torch.bool, device=dev)
-    ll = torch.full((M,), math.nan, dtype=torch.float64, device=dev)
+    ll = torch.full((M,), math.nan, dtype=dt, device=dev)
     act = torch.arange(M, device=dev)
     start_dec = dec
     while len(act) and max_iter > 0:
@@ -562,13 +568,13 @@ def _fit_em_batch(outer_c, sums_c, counts, mask, batch, settings: ManyPLDASettin
         m = missing.nonzero().squeeze(1)
         ll[m] = _loglik(data.select(m), start_dec.select(m) if max_iter == 0 else _Decomp(B[m], W[m]))
     return _Fit(
-        B.cpu().numpy(),
-        W.cpu().numpy(),
-        final_psi.cpu().numpy(),
-        final_V.cpu().numpy(),
+        B.double().cpu().numpy(),
+        W.double().cpu().numpy(),
+        final_psi.double().cpu().numpy(),
+        final_V.double().cpu().numpy(),
         steps.cpu().numpy(),
         converged.cpu().numpy(),
-        ll.cpu().numpy(),
+        ll.double().cpu().numpy(),
     )
 
 

@@ -505,11 +505,21 @@ def _score_group(model, X: np.ndarray, trials: pl.DataFrame) -> dict[str, float]
 #: How the sweep fits its PLDA back-ends (``plda``, ``plda_full``): every distinct model of a (layer, seed)
 #: in lockstep with ``cltm.probes.plda_many`` (fields of ``ManyPLDASettings``), chosen by |dAUC| against one
 #: exact ``PLDA.from_stats`` per training set on synthetic and real features (docs/probes.md): float32 PCA
-#: decompositions, at most 6 EM steps (two SQUAREM cycles) after the moment start, float32 scoring: on real
-#: features the EM cap is what moves AUCs (float32 does not). ``ProbeSettings.lockstep`` overrides any field
-#: (``device="cuda"``; ``PLDA_LOCKSTEP_EXACT`` gives the per-model fits up to round-off).
-PLDA_LOCKSTEP_DEFAULTS: dict[str, Any] = {"pca_dtype": "float32", "em_steps": 6, "score_dtype": "float32"}
-PLDA_LOCKSTEP_EXACT: dict[str, Any] = {"pca_dtype": "float64", "em_steps": None, "score_dtype": "float64"}
+#: decompositions, at most 6 EM steps (two SQUAREM cycles) after the moment start, EM and scoring in float32.
+#: On real features the EM cap is what moves AUCs (float32 does not). ``ProbeSettings.lockstep`` overrides
+#: any field (``device="cuda"``; ``PLDA_LOCKSTEP_EXACT`` gives the per-model fits up to round-off).
+PLDA_LOCKSTEP_DEFAULTS: dict[str, Any] = {
+    "pca_dtype": "float32",
+    "em_steps": 6,
+    "em_dtype": "float32",
+    "score_dtype": "float32",
+}
+PLDA_LOCKSTEP_EXACT: dict[str, Any] = {
+    "pca_dtype": "float64",
+    "em_steps": None,
+    "em_dtype": "float64",
+    "score_dtype": "float64",
+}
 
 
 def plda_lockstep_settings(params: dict, lockstep: dict | None = None):
