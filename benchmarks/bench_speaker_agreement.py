@@ -8,7 +8,7 @@ real features (uneven speakers, two corpora), e.g. the shared English + Urdu set
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_speaker_agreement.py \\
         --features ../shared/data/real_speech/features.npy \\
         --manifest ../shared/data/real_speech/manifest.parquet --n 120 --seeds 10 \\
-        --lockstep default,em0,em1,em2,em3,exact --n-components 200,40
+        --lockstep default,em0,em2,em4,e64,emall,exact --n-components 200,40
 
 ``--lockstep`` entries as in ``bench_speaker_scale.py`` (``default``, ``emK``, ``emall``, ``f64``, ``w64``,
 ``exact``, joined with ``:``).

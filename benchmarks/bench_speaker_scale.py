@@ -20,7 +20,7 @@ Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per
 
 A ``--lockstep`` entry is ``default`` or ``:``-separated overrides of the defaults: ``emK`` (at most K
 EM steps; ``emall``: no cap), ``f64`` (float64 PCA), ``w64`` (float64 scoring), ``shared`` (shared PCA),
-``e32`` (float32 EM), ``exact`` (``PLDA_LOCKSTEP_EXACT``).
+``e64`` (float64 EM), ``exact`` (``PLDA_LOCKSTEP_EXACT``).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def parse_lockstep(text: str) -> dict:
             out["pca_dtype"] = "float64"
         elif field == "w64":
             out["score_dtype"] = "float64"
-        elif field == "e32":
-            out["em_dtype"] = "float32"
+        elif field == "e64":
+            out["em_dtype"] = "float64"
         elif field == "shared":
             out["pca"] = "shared"
         else:
