@@ -9,16 +9,22 @@ leaving the batch when its own stopping rule says so. With the default settings 
 per-model fit ``PLDA.from_stats(stats, ...)`` up to round-off (same attributes, so
 ``PLDA.score_trials_of_models`` and every scoring method work on it unchanged).
 
-Where the cost is (per model at 768 -> 200 dims): the 768 x 768 eigendecomposition of the PCA and ~4
-generalised 200 x 200 eigendecompositions per SQUAREM cycle. On a CPU batching removes the Python overhead,
-not these flops, so the cheaper choices are settings, measured in ``benchmarks/bench_speaker_scale.py``:
+Where the cost is (per model at 768 -> 200 dims): the 768 x 768 eigendecomposition of the PCA and ~9
+generalised 200 x 200 eigendecompositions in two SQUAREM cycles. On a CPU batching removes the Python
+overhead, not these flops, so the cheaper choices are settings, measured in
+``benchmarks/bench_speaker_scale.py`` and ``benchmarks/bench_speaker_agreement.py`` (the sweep's choice:
+``evaluators.PLDA_LOCKSTEP_DEFAULTS``):
 
-* ``pca_dtype="float32"``: the PCA decomposition in float32 (~3x faster);
+* ``pca_dtype="float32"``: the PCA decomposition in float32 (~2x faster);
 * ``em_steps``: a cap on the EM steps after the moment start; 0 keeps the moment estimates (on balanced data
-  already the maximum-likelihood solution);
+  already the maximum-likelihood solution); the one setting that moves AUCs on real features;
+* ``em_dtype="float32"``: the moment start and EM in float32 (~2x faster EM);
 * ``pca="shared"``: each model's PCA is the Rayleigh-Ritz step of its own total scatter inside one shared
   subspace, the top ``oversample * k`` directions of all the models' pooled scatter (one decomposition of
   d x d for all; each part's statistics are projected once).
+
+:func:`iter_fit_plda_many` hands the models over one batch at a time; :func:`scoring_arrays` keeps only what
+scoring needs of a model and :func:`score_trials_wide` scores many models on one trial list with one product.
 """
 
 from __future__ import annotations
