@@ -1,12 +1,12 @@
 """Many PLDA back-ends fitted in lockstep: the speaker sweep's trained back-end at 50+ languages.
 
-One (layer, seed) of a speaker CLTM sweep needs one :class:`~cltm.probes.backends.PLDA` per distinct
-training set (N of each language, 2N of each, each unordered pair: 1,539 models at 54 languages), all built
-from composed statistics (:mod:`cltm.probes.stats`). :func:`fit_plda_many` fits them together with batched
-linear algebra (torch, float64; ``device`` runs the same code on a GPU): the PCA, the closed-form moment start
-and the SQUAREM-accelerated EM of :func:`~cltm.probes.backends.plda_em` on all models at once, each model
-leaving the batch when its own stopping rule says so. With the default settings each returned model is the
-per-model fit ``PLDA.from_stats(stats, ...)`` up to round-off (same attributes, so
+One (layer, seed) of a speaker CLTM sweep needs one :class:`~cltm.probes.backends.PLDA` per distinct training
+set (N of each language, 2N of each, each unordered pair: 1,539 models at 54 languages), all built from
+composed statistics (:mod:`cltm.probes.stats`). :func:`fit_plda_many` fits them together with batched linear
+algebra (torch, float64 unless set; ``device`` runs the same code on a GPU): the PCA, the closed-form moment
+start and the SQUAREM-accelerated EM of :func:`~cltm.probes.backends.plda_em` on all models at once, each
+model leaving the batch when its own stopping rule says so. With the default settings each returned model is
+the per-model fit ``PLDA.from_stats(stats, ...)`` up to round-off (same attributes, so
 ``PLDA.score_trials_of_models`` and every scoring method work on it unchanged).
 
 Where the cost is (per model at 768 -> 200 dims): the 768 x 768 eigendecomposition of the PCA and ~9
