@@ -130,6 +130,13 @@ def test_lockstep_options_are_checked_and_hashed(corpus):
     default = run_matrix(Xf, few, "speaker", n=N, seeds=1, probe="plda", progress=False)
     capped_probe = ProbeSettings("plda", lockstep={"em_steps": 1})
     capped = run_matrix(Xf, few, "speaker", n=N, seeds=1, probe=capped_probe, progress=False)
-    assert default.runs["config_hash"][0] != capped.runs["config_hash"][0]
+    naive = run_matrix(Xf, few, "speaker", n=N, seeds=1, probe="plda", progress=False, naive=True)
+    explicit = ProbeSettings("plda", lockstep=dict(PLDA_LOCKSTEP_DEFAULTS))
+    same = run_matrix(Xf, few, "speaker", n=N, seeds=1, probe=explicit, progress=False)
+    # the hash names the effective lockstep settings: a cap changes it, the naive (exact) loop differs,
+    # the defaults spelled out do not change the results
+    hashes = [r.runs["config_hash"][0] for r in (default, capped, naive)]
+    assert len(set(hashes)) == 3
+    assert same.runs.drop("config_hash").equals(default.runs.drop("config_hash"))
     with pytest.raises(ValueError, match="unknown lockstep option"):
         run_matrix(Xf, few, "speaker", n=N, seeds=1, probe=ProbeSettings("plda", lockstep={"x": 1}))

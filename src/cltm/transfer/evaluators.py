@@ -545,6 +545,15 @@ def plda_lockstep_settings(params: dict, lockstep: dict | None = None):
     return ManyPLDASettings(**params, **{**PLDA_LOCKSTEP_DEFAULTS, **lockstep})
 
 
+def lockstep_for_hash(probe: str, options: dict, naive: bool) -> dict | None:
+    """The lockstep settings a run's results depend on, for its config hash: the effective ones (defaults
+    included) for the fast path of a PLDA back-end, None otherwise (the naive loop fits each model
+    exactly)."""
+    if naive or BACKENDS.get(probe, ("",))[0] != "PLDA":
+        return None
+    return {**PLDA_LOCKSTEP_DEFAULTS, **options.get("lockstep", {})}
+
+
 def _training_parts(backend, X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup]) -> dict:
     """Per distinct training set of the (layer, seed), the statistics it is the sum of: N of l -> (N of l,),
     2N of l -> (N of l, the other N of l), pair (i, j) -> (N of i, N of j). Each block is computed once."""

@@ -40,6 +40,7 @@ from cltm.transfer.evaluators import (
     Problem,
     VerificationGroup,
     get_probe,
+    lockstep_for_hash,
 )
 from cltm.transfer.properties import matrix_properties
 from cltm.transfer.stats import incomplete_targets, matrix_from_runs
@@ -625,6 +626,9 @@ def run_matrix(
         "n_utts": manifest.height,
         "user_trials": plan.trials.height if plan.trials is not None else None,
     }
+    lockstep = lockstep_for_hash(spec.name, options, execution.naive)
+    if lockstep is not None:  # plda's fast path is approximate: its effective settings name the results
+        settings_for_hash["lockstep"] = lockstep
     chash = config_hash(settings_for_hash)
     settings = {
         "spec": spec.name if PROBES.get(spec.name) is spec else spec,
