@@ -1,25 +1,26 @@
-"""One (layer, seed) of an L-language speaker sweep: cosine vs per-model PLDA fits vs ``fit_plda_many``.
+"""One (layer, seed) of an L-language speaker sweep: cosine vs the sweep's default ``plda`` vs per-model fits.
 
 Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per language, N = 1,000; default
 54 languages: 54 + 54 + 1,431 = 1,539 distinct PLDA models). Measured in the same run:
 
-(a) the sweep with the centred cosine back-end (``run_matrix(..., probe="cosine")``, the existing path);
-(b) the sweep with per-model ``PLDA.from_stats`` fits: the fits are timed on a slice of the distinct models
-    and extrapolated (the rest of that sweep, statistics and scoring, is the same work as in (c), measured
-    there);
-(c) the sweep with all models of the (layer, seed) fitted by ``cltm.probes.plda_many.fit_plda_many``, once per
-    ``--variants`` entry, through a probe registered here (``_many_evaluator``: the wiring the sweep's
-    ``plda`` evaluator needs).
-
-Agreement: on the slice, both fits score every target trial list that uses them; mean / max |dAUC| of (c) vs
-(b).
+(a) the sweep with the centred cosine back-end (``run_matrix(..., probe="cosine")``);
+(b) the sweep with the default trained back-end (``run_matrix(..., probe="plda")``: every distinct model
+    fitted in lockstep by ``fit_plda_many`` with ``evaluators.PLDA_LOCKSTEP_DEFAULTS``, float32 wide
+    scoring), once per ``--lockstep`` entry; its time split into statistics, fits and scoring;
+(c) per-model exact fits (``PLDA.from_stats`` on the composed statistics, float64 per-model scoring: the
+    sweep's path before the lockstep fit) on ``--slice-models`` distinct models spread over singles, selves
+    and pairs, extrapolated to all of them; each slice model scores every target trial list that uses it,
+    giving mean / max |dAUC| of (b) against exact per-model fits;
+(d) the FLOP floor of exact per-model PLDA scoring: (model, target) cells x the rows each target's trial list
+    uses x dim x n_components x 2, over the float32 matrix-multiply throughput measured here on one and two
+    cores: how far any per-model PLDA scoring is from the cosine sweep's time.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_speaker_scale.py [--languages 10] \\
-        [--variants exact,shared,shared:em0] [--slice-models 24]
+        [--lockstep default,em2] [--slice-models 24]
 
-A variant is ``pca[:emK][:f32][:osX][:w32|:w64]``: ``pca`` exact | shared, ``emK`` at most K EM steps,
-``f32`` float32 PCA decompositions, ``osX`` the shared subspace's oversampling (default 1.5), ``w32``/``w64``
-scoring with ``score_trials_plda_many`` in float32 / float64 (default: ``PLDA.score_trials_of_models``).
+A ``--lockstep`` entry is ``default`` or ``:``-separated overrides of the defaults: ``emK`` (at most K
+EM steps; ``emall``: no cap), ``f64`` (float64 PCA), ``w64`` (float64 scoring), ``shared`` (shared PCA),
+``e64`` (float64 EM), ``exact`` (``PLDA_LOCKSTEP_EXACT``).
 """
 
 from __future__ import annotations
@@ -36,91 +37,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_matrix import synthetic_corpus  # noqa: E402
 from cltm.probes import PLDA  # noqa: E402
+from cltm.probes import plda_many as pm  # noqa: E402
 from cltm.probes.metrics import verification_metrics  # noqa: E402
-from cltm.probes.plda_many import (  # noqa: E402
-    ManyPLDASettings,
-    fit_plda_many,
-    score_trials_plda_many,
-)
-from cltm.probes.stats import SpeakerStats  # noqa: E402
+from cltm.transfer import ProbeSettings, run_matrix  # noqa: E402
 from cltm.transfer import evaluators as ev  # noqa: E402
-from cltm.transfer import run_matrix  # noqa: E402
-
-PLDA_PARAMS = ev.BACKENDS["plda"][1]  # the sweep's default PLDA: {"n_components": 200}
 
 
-def _many_evaluator(settings: ManyPLDASettings, record: dict, wide: str | None = None):
-    """The sweep's ``plda`` evaluator with every distinct model of the (layer, seed) fitted in one
-    ``fit_plda_many`` call: per-language statistics as in ``evaluators._verification_fast``, each model given
-    as its parts (a pair's two languages), each target's trial list scored by all its models at once
-    (``score_trials_plda_many`` in ``wide`` precision, or ``PLDA.score_trials_of_models`` when None)."""
-
-    def evaluate(X, speakers, groups, options):
-        backend = PLDA(**settings.plda_params())
-        by_key: dict[tuple[str, ...], np.ndarray] = {}
-        for g in groups:
-            for p in g.problems:
-                by_key.setdefault(ev.training_set_key(g.target, p), p.train_rows)
-        block: dict[tuple[str, str], object] = {}
-        for key, rows in by_key.items():
-            if key[0] == "n":
-                block[("n", key[1])] = backend.stats(X[rows], speakers[rows])
-        for key, rows in by_key.items():
-            if key[0] == "2n":
-                extra = rows[~np.isin(rows, by_key[("n", key[1])])]
-                block[("extra", key[1])] = backend.stats(X[extra], speakers[extra])
-        parts = {}
-        for key in by_key:
-            if key[0] == "n":
-                parts[key] = (block[("n", key[1])],)
-            elif key[0] == "2n":
-                parts[key] = (block[("n", key[1])], block[("extra", key[1])])
-            elif key[0] == "pair":
-                parts[key] = (block[("n", key[1])], block[("n", key[2])])
-            else:  # pragma: no cover
-                raise ValueError(f"unplanned training set {key}")
-        keys = list(parts)
-        t = time.perf_counter()
-        fitted = dict(zip(keys, fit_plda_many([parts[k] for k in keys], settings), strict=True))
-        record["fit_s"] = record.get("fit_s", 0.0) + time.perf_counter() - t
-        record["parts"], record["models"], record["groups"] = parts, fitted, []
-        t = time.perf_counter()
-        out = []
-        for g in groups:
-            keys_g = [ev.training_set_key(g.target, p) for p in g.problems]
-            distinct = list(dict.fromkeys(keys_g))
-            rows, enroll, test = ev._trial_rows(g.trials)
-            models = [fitted[k] for k in distinct]
-            if wide is None:
-                scores = PLDA.score_trials_of_models(models, X[rows], enroll, test)
-            else:
-                scores = score_trials_plda_many(models, X[rows], enroll, test, dtype=wide)
-            labels = g.trials["label"].to_numpy()
-            auc = {k: verification_metrics(labels, scores[:, c]) for c, k in enumerate(distinct)}
-            record["groups"].append((g.target, distinct, X[rows], enroll, test, labels, auc))
-            out.append([dict(auc[k]) for k in keys_g])
-        record["score_s"] = record.get("score_s", 0.0) + time.perf_counter() - t
-        return out
-
-    return evaluate
-
-
-def parse_variant(text: str) -> tuple[ManyPLDASettings, str | None]:
-    fields = text.split(":")
-    kw: dict = {"pca": fields[0], **PLDA_PARAMS}
-    wide = None
-    for f in fields[1:]:
-        if f in ("w32", "w64"):
-            wide = "float32" if f == "w32" else "float64"
-        elif f.startswith("em"):
-            kw["em_steps"] = int(f[2:])
-        elif f == "f32":
-            kw["pca_dtype"] = "float32"
-        elif f.startswith("os"):
-            kw["oversample"] = float(f[2:])
+def parse_lockstep(text: str) -> dict:
+    out: dict = {}
+    for field in text.split(":"):
+        if field in ("default", ""):
+            continue
+        if field == "exact":
+            out.update(ev.PLDA_LOCKSTEP_EXACT)
+        elif field.startswith("em"):
+            out["em_steps"] = None if field == "emall" else int(field[2:])
+        elif field == "f64":
+            out["pca_dtype"] = "float64"
+        elif field == "w64":
+            out["score_dtype"] = "float64"
+        elif field == "e64":
+            out["em_dtype"] = "float64"
+        elif field == "shared":
+            out["pca"] = "shared"
         else:
-            raise SystemExit(f"bad variant field {f!r} in {text!r}")
-    return ManyPLDASettings(**kw), wide
+            raise SystemExit(f"bad --lockstep field {field!r} in {text!r}")
+    return out
+
+
+def matmul_gflops(threads: int, repeats: int = 5) -> float:
+    """float32 GEMM throughput (GFLOP/s) on ``threads`` BLAS threads, at the shapes the scoring uses."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(1024, 768)).astype(np.float32)
+    B = rng.normal(size=(768, 4096)).astype(np.float32)
+    with threadpool_limits(threads):
+        A @ B
+        best = np.inf
+        for _ in range(repeats):
+            t = time.perf_counter()
+            A @ B
+            best = min(best, time.perf_counter() - t)
+    return 2 * 1024 * 768 * 4096 / best / 1e9
+
+
+class _Timed:
+    """Wraps a function of ``cltm.probes.plda_many`` to add up the time spent in it (generators included)."""
+
+    def __init__(self, name: str, generator: bool = False):
+        self.name, self.fn, self.seconds, self.generator = name, getattr(pm, name), 0.0, generator
+
+    def __call__(self, *args, **kwargs):
+        if not self.generator:
+            t = time.perf_counter()
+            try:
+                return self.fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return self._iterate(*args, **kwargs)
+
+    def _iterate(self, *args, **kwargs):
+        it = self.fn(*args, **kwargs)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.seconds += time.perf_counter() - t
+                return
+            self.seconds += time.perf_counter() - t
+            yield item
 
 
 def main() -> None:
@@ -137,11 +124,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="N, training utterances per language")
     parser.add_argument("--dim", type=int, default=768, help="vector dimension")
     parser.add_argument(
-        "--variants",
-        default="exact:f32:em5:w32,exact:f32:em2:w32",
-        help="comma-separated fit_plda_many variants (see above)",
+        "--lockstep",
+        default="default",
+        help="comma-separated lockstep settings of the plda sweep (see above)",
     )
-    parser.add_argument("--slice-models", type=int, default=24, help="per-model fits timed and compared")
+    parser.add_argument(
+        "--slice-models", type=int, default=24, help="per-model exact fits timed and compared"
+    )
     args = parser.parse_args()
 
     man, X = synthetic_corpus(args.languages, args.speakers, args.utts, args.dim, 1, seed=1)
@@ -149,76 +138,117 @@ def main() -> None:
     print(
         f"{args.languages} languages, {args.speakers} speakers x {args.utts} utterances, N={args.n}, "
         f"dim {args.dim}; one (layer, seed); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-        f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
     )
     # warm-up: torch, LAPACK and the sweep's imports loaded before anything is timed
-    rng = np.random.default_rng(0)
-    warm = SpeakerStats.from_data(rng.normal(size=(60, 16)), np.arange(60) % 6)
-    fit_plda_many([warm, (warm, warm)], ManyPLDASettings(n_components=8))
-    run_matrix(X, man, probe="cosine", languages=sorted(set(man["language"]))[:2], **sweep)
+    two = sorted(set(man["language"]))[:2]
+    run_matrix(X, man, probe="cosine", languages=two, **sweep)
+    run_matrix(
+        X, man, probe=ProbeSettings("plda", backend_params={"n_components": 8}), languages=two, **sweep
+    )
     t = time.perf_counter()
     cos = run_matrix(X, man, probe="cosine", **sweep)
     t_cos = time.perf_counter() - t
     if cos.runs.height == 0:
         raise SystemExit("no language could be planned (2N + the test quarter must fit): raise --utts")
-    print(f"(a) cosine sweep: {t_cos:.2f} s")
+    print(f"(a) cosine sweep: {t_cos:.2f} s ({cos.runs.height} runs)")
 
-    reference, t_per_model = None, None
-    for name in args.variants.split(","):
-        settings, wide = parse_variant(name)
+    spec = ev.PROBES["plda"]
+    params = ev.BACKENDS["plda"][1]
+    reference: dict | None = None
+    for entry in args.lockstep.split(","):
+        lockstep = parse_lockstep(entry)
         record: dict = {}
-        probe = f"plda_many_{len(ev.PROBES)}"
-        ev.register_probe(probe, "verification", f"fit_plda_many {name}")(
-            _many_evaluator(settings, record, wide)
+
+        def recording(X_, speakers, groups, options, _fast=spec.fast, _record=record):
+            out = _fast(X_, speakers, groups, options)
+            _record.update(X=X_, speakers=speakers, groups=groups, out=out)
+            return out
+
+        fit_t, score_t = _Timed("iter_fit_plda_many", generator=True), _Timed("score_trials_wide")
+        ev.PROBES["plda"] = ev.ProbeSpec(
+            spec.name, spec.kind, recording, spec.naive, spec.description, spec.multi_layer, spec.estimator
         )
-        t = time.perf_counter()
-        run_matrix(X, man, probe=probe, **sweep)
-        t_many = time.perf_counter() - t
-        keys = list(record["models"])
+        pm.iter_fit_plda_many, pm.score_trials_wide = fit_t, score_t
+        try:
+            t = time.perf_counter()
+            run_matrix(X, man, probe=ProbeSettings("plda", lockstep=lockstep), **sweep)
+            t_plda = time.perf_counter() - t
+        finally:
+            ev.PROBES["plda"] = spec
+            pm.iter_fit_plda_many, pm.score_trials_wide = fit_t.fn, score_t.fn
+        Xl, speakers, groups, out = record["X"], record["speakers"], record["groups"], record["out"]
+        group_keys = [[ev.training_set_key(g.target, p) for p in g.problems] for g in groups]
+        keys = list(dict.fromkeys(k for ks in group_keys for k in ks))
+        cells = sum(len(set(ks)) for ks in group_keys)
+        settings = ev.plda_lockstep_settings(params, lockstep)
+        print(
+            f"(b) plda sweep, lockstep {entry} = {lockstep or ev.PLDA_LOCKSTEP_DEFAULTS}: {t_plda:.2f} s = "
+            f"fits {fit_t.seconds:.2f} s ({fit_t.seconds / len(keys) * 1e3:.1f} ms/model, {len(keys)} "
+            "models) "
+            f"+ scoring {score_t.seconds:.2f} s ({cells} (model, target) cells) + statistics and the rest "
+            f"{t_plda - fit_t.seconds - score_t.seconds:.2f} s; {t_plda / t_cos:.1f}x cosine"
+        )
+
         if reference is None:
             # the slice: evenly spaced over the distinct models (singles, selves and pairs in order)
             pick = np.unique(np.linspace(0, len(keys) - 1, min(args.slice_models, len(keys))).astype(int))
             ref_keys = [keys[i] for i in pick]
+            parts = ev._training_parts(PLDA(**params), Xl, speakers, groups)
             t = time.perf_counter()
-            reference = {k: PLDA.from_stats(sum(record["parts"][k]), **PLDA_PARAMS) for k in ref_keys}
+            reference = {k: PLDA.from_stats(sum(parts[k]), **params) for k in ref_keys}
             per_fit = (time.perf_counter() - t) / len(ref_keys)
-        dauc, ref_score_s = [], 0.0
-        for _target, distinct, Xr, enroll, test, labels, auc in record["groups"]:
-            for k in distinct:
-                if k in reference:
-                    t = time.perf_counter()
-                    ref_scores = reference[k].score_trials(Xr, enroll, test)  # the per-model path's scoring
-                    ref_score_s += time.perf_counter() - t
-                    dauc.append(abs(verification_metrics(labels, ref_scores)["auc"] - auc[k]["auc"]))
-        if t_per_model is None:
-            # (b) = the statistics and bookkeeping of (c) + per-model fits + per-model scoring, the last two
-            # timed on the slice and extrapolated to every model / every (model, target) cell
-            cells = sum(len(group[1]) for group in record["groups"])
-            t_stats = t_many - record["fit_s"] - record["score_s"]
-            t_score = ref_score_s / len(dauc) * cells
-            t_per_model = t_stats + per_fit * len(keys) + t_score
+            del parts
+            ref_auc: dict = {}
+            ref_score_s, n_ref_cells = 0.0, 0
+            for g in groups:
+                rows, enroll, test = ev._trial_rows(g.trials)
+                labels = g.trials["label"].to_numpy()
+                for k in dict.fromkeys(ev.training_set_key(g.target, p) for p in g.problems):
+                    if k in reference:
+                        t = time.perf_counter()
+                        scores = reference[k].score_trials(Xl[rows], enroll, test)
+                        ref_score_s += time.perf_counter() - t
+                        n_ref_cells += 1
+                        ref_auc[(g.target, k)] = verification_metrics(labels, scores)["auc"]
+            t_stats = t_plda - fit_t.seconds - score_t.seconds
+            t_exact = t_stats + per_fit * len(keys) + ref_score_s / n_ref_cells * cells
             print(
-                f"(b) per-model PLDA.from_stats: {per_fit:.3f} s per fit on {len(ref_keys)} of {len(keys)} "
-                f"models -> sweep {t_per_model:.1f} s = fits {per_fit * len(keys):.1f} s + scoring "
-                f"{t_score:.1f} s ({cells} cells) + the rest {t_stats:.2f} s; "
-                f"{t_per_model / t_cos:.1f}x cosine"
+                f"(c) per-model exact PLDA.from_stats: {per_fit:.3f} s per fit on {len(ref_keys)} of "
+                f"{len(keys)} models -> sweep ~{t_exact:.1f} s = fits {per_fit * len(keys):.1f} s + "
+                f"per-model scoring {ref_score_s / n_ref_cells * cells:.1f} s + statistics {t_stats:.2f} s; "
+                f"{t_exact / t_cos:.1f}x cosine"
             )
+        dauc = []
+        for g, ks, res in zip(groups, group_keys, out, strict=True):
+            for k, r in zip(ks, res, strict=True):
+                if (g.target, k) in ref_auc:
+                    dauc.append(abs(r["auc"] - ref_auc[(g.target, k)]))
         dauc = np.asarray(dauc)
-        iters = np.array([m.n_iter_ for m in record["models"].values()])
         print(
-            f"(c) fit_plda_many {name}: sweep {t_many:.2f} s = fits {record['fit_s']:.2f} s "
-            f"({record['fit_s'] / len(keys) * 1e3:.0f} ms/model, EM steps median {np.median(iters):.0f} max "
-            f"{iters.max()}) + scoring {record['score_s']:.2f} s + the rest "
-            f"{t_many - record['fit_s'] - record['score_s']:.2f} s"
-        )
-        print(
-            f"    {t_many / t_cos:.1f}x cosine; per-model sweep / this {t_per_model / t_many:.1f}x, fits "
-            f"alone {per_fit * len(keys) / record['fit_s']:.1f}x; |dAUC| vs per-model fits on {len(dauc)} "
-            f"(model, target) cells: mean {dauc.mean():.5f}, max {dauc.max():.5f}"
+            f"    |dAUC| vs exact per-model fits on {len(dauc)} cells ({len(ref_keys)} models): mean "
+            f"{dauc.mean():.6f}, max {dauc.max():.6f}; exact sweep / this sweep {t_exact / t_plda:.1f}x"
         )
         sys.stdout.flush()
-        record.clear()  # the registered probe keeps the dict: free this variant's 1,539 models now
-        del ev.PROBES[probe]
+        if entry == args.lockstep.split(",")[0]:
+            k_out = settings.n_components or args.dim
+            rows_per_cell = [
+                len(ev._trial_rows(g.trials)[0])
+                for g, ks in zip(groups, group_keys, strict=True)
+                for _ in set(ks)
+            ]
+            flops = float(np.sum(rows_per_cell)) * args.dim * k_out * 2
+        del record, groups, out
+
+    g1, g2 = matmul_gflops(1), matmul_gflops(2)
+    floor1, floor2 = flops / g1 / 1e9, flops / g2 / 1e9
+    print(
+        f"(d) FLOP floor of per-model PLDA scoring: {cells} cells x {np.mean(rows_per_cell):.0f} trial rows "
+        f"(mean) x {args.dim} x {k_out} x 2 = {flops / 1e9:.0f} GFLOP; float32 matmul measured {g1:.0f} "
+        f"GFLOP/s on 1 core, {g2:.0f} on 2 -> {floor1:.1f} s ({floor1 / t_cos:.1f}x cosine) on 1 core, "
+        f"{floor2:.1f} s ({floor2 / t_cos:.1f}x cosine) on 2; the issue's 6x cosine = {6 * t_cos:.1f} s"
+    )
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

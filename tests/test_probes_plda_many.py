@@ -196,3 +196,61 @@ def test_wide_scoring_bad_input(parts):
         score_trials_plda_many(
             [*many, fit_plda_many(parts[:1], ManyPLDASettings(n_components=5))[0]], X, [0], [1]
         )
+
+
+def test_float32_em_is_close(parts):
+    # the sweep runs the EM in float32: scores within 1e-3 relative of the float64 lockstep fit, same steps
+    items = _items(parts)
+    f64 = fit_plda_many(items, ManyPLDASettings(n_components=10, em_steps=6))
+    f32 = fit_plda_many(items, ManyPLDASettings(n_components=10, em_steps=6, em_dtype="float32"))
+    X = _test_vectors(9)
+    for a, b in zip(f64, f32, strict=True):
+        sa, sb = a.score_matrix(X, X), b.score_matrix(X, X)
+        assert b.between_.dtype == b.within_.dtype == b.psi_.dtype == np.float64
+        assert np.max(np.abs(sa - sb)) <= 1e-3 * np.max(np.abs(sa))
+        assert a.n_iter_ == b.n_iter_
+
+
+def test_batches_one_at_a_time_equal_the_whole_fit(parts):
+    from cltm.probes.plda_many import iter_fit_plda_many
+
+    settings = ManyPLDASettings(n_components=10, batch_size=3)
+    items = _items(parts)
+    whole = fit_plda_many(items, settings)
+    starts, got = [], []
+    for start, batch in iter_fit_plda_many(items, settings):
+        starts.append(start)
+        got.extend(batch)
+    assert starts == list(range(0, len(items), 3))
+    X = _test_vectors(4)
+    for a, b in zip(whole, got, strict=True):
+        np.testing.assert_array_equal(a.score_matrix(X, X), b.score_matrix(X, X))
+
+
+def test_scoring_arrays_score_as_the_model(parts):
+    from cltm.probes.plda_many import score_trials_wide, scoring_arrays
+
+    many = fit_plda_many(_items(parts), ManyPLDASettings(n_components=10))
+    X = _test_vectors(13)
+    rng = np.random.default_rng(1)
+    e, t = rng.integers(0, 40, 200), rng.integers(0, 40, 200)
+    got = score_trials_wide([scoring_arrays(m, "float64") for m in many], X, e, t, dtype="float64")
+    for c, model in enumerate(many):
+        np.testing.assert_allclose(got[:, c], model.score_trials(X, e, t), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="dim"):
+        score_trials_wide([scoring_arrays(many[0])], X[:, :5], [0], [1])
+    with pytest.raises(ValueError, match="not fitted"):
+        scoring_arrays(PLDA())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("em_dtype", "float16", "em_dtype"),
+        ("score_dtype", "half", "score_dtype"),
+        ("em_steps", -1, "em_steps"),
+    ],
+)
+def test_bad_settings(parts, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        fit_plda_many(parts[:1], ManyPLDASettings(n_components=5, **{field: value}))

@@ -502,41 +502,135 @@ def _score_group(model, X: np.ndarray, trials: pl.DataFrame) -> dict[str, float]
     return _verification_scores(trials["label"].to_numpy(), model.score_trials(X[rows], enroll, test))
 
 
+#: How the sweep fits its PLDA back-ends (``plda``, ``plda_full``): every distinct model of a (layer, seed)
+#: in lockstep with ``cltm.probes.plda_many`` (fields of ``ManyPLDASettings``), chosen by |dAUC| against one
+#: exact ``PLDA.from_stats`` per training set on synthetic and real features (docs/probes.md): float32 PCA
+#: decompositions, at most 6 EM steps (two SQUAREM cycles) after the moment start, EM and scoring in float32.
+#: On real features the EM cap is what moves AUCs (float32 does not). ``ProbeSettings.lockstep`` overrides
+#: any field (``device="cuda"``; ``PLDA_LOCKSTEP_EXACT`` gives the per-model fits up to round-off).
+PLDA_LOCKSTEP_DEFAULTS: dict[str, Any] = {
+    "pca_dtype": "float32",
+    "em_steps": 6,
+    "em_dtype": "float32",
+    "score_dtype": "float32",
+}
+PLDA_LOCKSTEP_EXACT: dict[str, Any] = {
+    "pca_dtype": "float64",
+    "em_steps": None,
+    "em_dtype": "float64",
+    "score_dtype": "float64",
+}
+
+
+def plda_lockstep_settings(params: dict, lockstep: dict | None = None):
+    """The ``ManyPLDASettings`` of the sweep's lockstep PLDA fit: the back-end's ``params`` (as
+    ``PLDA(...)``), ``PLDA_LOCKSTEP_DEFAULTS``, then ``lockstep`` (any other field of
+    ``ManyPLDASettings``)."""
+    from dataclasses import fields
+
+    from cltm.probes.plda_many import ManyPLDASettings
+
+    plda_keys = set(ManyPLDASettings().plda_params())
+    allowed = {f.name for f in fields(ManyPLDASettings)} - plda_keys
+    lockstep = dict(lockstep or {})
+    unknown = sorted(set(lockstep) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown lockstep option(s) {unknown}; known: {sorted(allowed)} "
+            "(the PLDA's own parameters, e.g. n_components, go in backend_params)"
+        )
+    bad = sorted(set(params) - plda_keys)
+    if bad:
+        raise ValueError(f"unknown PLDA parameter(s) {bad} in backend_params; known: {sorted(plda_keys)}")
+    return ManyPLDASettings(**params, **{**PLDA_LOCKSTEP_DEFAULTS, **lockstep})
+
+
+def lockstep_for_hash(probe: str, options: dict, naive: bool) -> dict | None:
+    """The lockstep settings a run's results depend on, for its config hash: the effective ones (defaults
+    included) for the fast path of a PLDA back-end, None otherwise (the naive loop fits each model
+    exactly)."""
+    if naive or BACKENDS.get(probe, ("",))[0] != "PLDA":
+        return None
+    return {**PLDA_LOCKSTEP_DEFAULTS, **options.get("lockstep", {})}
+
+
+def _training_parts(backend, X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup]) -> dict:
+    """Per distinct training set of the (layer, seed), the statistics it is the sum of: N of l -> (N of l,),
+    2N of l -> (N of l, the other N of l), pair (i, j) -> (N of i, N of j). Each block is computed once."""
+    by_key: dict[tuple[str, ...], np.ndarray] = {}
+    for g in groups:
+        for p in g.problems:
+            by_key.setdefault(training_set_key(g.target, p), p.train_rows)
+
+    def stats_of(rows: np.ndarray):
+        return backend.stats(X[rows], speakers[rows])
+
+    block: dict[tuple[str, str], object] = {}
+    for key, rows in by_key.items():
+        if key[0] == "n":
+            block[("n", key[1])] = stats_of(rows)
+    for key, rows in by_key.items():
+        if key[0] == "2n":
+            extra = rows[~np.isin(rows, by_key[("n", key[1])])]
+            block[("extra", key[1])] = stats_of(extra)
+    parts: dict[tuple[str, ...], tuple] = {}
+    for key, rows in by_key.items():
+        if key[0] == "n":
+            parts[key] = (block[("n", key[1])],)
+        elif key[0] == "2n":
+            parts[key] = (block[("n", key[1])], block[("extra", key[1])])
+        elif key[0] == "pair":
+            parts[key] = (block[("n", key[1])], block[("n", key[2])])
+        else:  # pragma: no cover - every planned condition is one of the above
+            parts[key] = (stats_of(rows),)
+    return parts
+
+
+def _plda_lockstep(
+    X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], params: dict, options: dict
+) -> list:
+    """Every distinct PLDA of the (layer, seed) fitted by ``iter_fit_plda_many`` (a pair given as its two
+    languages' statistics), each batch reduced to its scoring arrays at once (memory: ~0.6 MB per model at
+    768 -> 200 in float32, not ~3 MB), each target's trial list scored by all its models in one wide
+    product."""
+    from cltm.probes import PLDA
+    from cltm.probes.plda_many import iter_fit_plda_many, score_trials_wide, scoring_arrays
+
+    settings = plda_lockstep_settings(params, options.get("lockstep"))
+    parts = _training_parts(PLDA(**params), X, speakers, groups)
+    keys = list(parts)
+    scoring: dict[tuple[str, ...], Any] = {}
+    for start, batch in iter_fit_plda_many([parts[k] for k in keys], settings):
+        for j, model in enumerate(batch):
+            scoring[keys[start + j]] = scoring_arrays(model, settings.score_dtype)
+    out = []
+    for g in groups:
+        keys_g = [training_set_key(g.target, p) for p in g.problems]
+        distinct = list(dict.fromkeys(keys_g))
+        rows, enroll, test = _trial_rows(g.trials)
+        scores = score_trials_wide(
+            [scoring[k] for k in distinct], X[rows], enroll, test, dtype=settings.score_dtype
+        )
+        labels = g.trials["label"].to_numpy()
+        scored = {k: _verification_scores(labels, scores[:, c]) for c, k in enumerate(distinct)}
+        out.append([dict(scored[k]) for k in keys_g])
+    return out
+
+
 def _verification_fast(name: str):
     def evaluate(X: np.ndarray, speakers: np.ndarray, groups: list[VerificationGroup], options: dict) -> list:
         """Statistics per language (N of l, and the other N of its 2N) computed once per (layer, seed) and
-        added up per condition; one back-end per distinct training set; each target's trials scored once."""
+        added up per condition; one back-end per distinct training set; each target's trials scored once.
+        PLDA back-ends are fitted all at once (``_plda_lockstep``)."""
         cls, params = _backend(name, options)
-        backend = cls(**params)
-        by_key: dict[tuple[str, ...], np.ndarray] = {}
-        for g in groups:
-            for p in g.problems:
-                by_key.setdefault(training_set_key(g.target, p), p.train_rows)
-        block_stats: dict[tuple[str, str], object] = {}
-
-        def stats_of(rows: np.ndarray):
-            return backend.stats(X[rows], speakers[rows])
-
-        for key, rows in by_key.items():
-            if key[0] == "n":
-                block_stats[("n", key[1])] = stats_of(rows)
-        for key, rows in by_key.items():
-            if key[0] == "2n":
-                n_rows = by_key[("n", key[1])]
-                extra = rows[~np.isin(rows, n_rows)]
-                block_stats[("extra", key[1])] = stats_of(extra)
+        if cls.__name__ == "PLDA":
+            return _plda_lockstep(X, speakers, groups, params, options)
+        parts = _training_parts(cls(**params), X, speakers, groups)
         models: dict[tuple[str, ...], object] = {}
 
         def model_of(key: tuple[str, ...]):
             if key not in models:
-                if key[0] == "n":
-                    st = block_stats[("n", key[1])]
-                elif key[0] == "2n":
-                    st = block_stats[("n", key[1])] + block_stats[("extra", key[1])]
-                elif key[0] == "pair":
-                    st = block_stats[("n", key[1])] + block_stats[("n", key[2])]
-                else:  # pragma: no cover - every planned condition is one of the above
-                    st = stats_of(by_key[key])
+                st = parts[key][0] if len(parts[key]) == 1 else sum(parts[key])
                 models[key] = cls.from_stats(st, **params)
             return models[key]
 

@@ -40,6 +40,7 @@ from cltm.transfer.evaluators import (
     Problem,
     VerificationGroup,
     get_probe,
+    lockstep_for_hash,
 )
 from cltm.transfer.properties import matrix_properties
 from cltm.transfer.stats import incomplete_targets, matrix_from_runs
@@ -105,7 +106,10 @@ class ProbeSettings:
     """Which probe and its parameters. ``name``: a registered name (``evaluators.probe_names()``) or alias;
     ``estimator``: a scikit-learn style classifier object used instead (cloned per training set). ``C`` /
     ``solver``: logreg; ``hidden``, ``early_stopping``, ``patience``, ``max_epochs``: mlp and wsum;
-    ``backend_params``: the verification back-end's parameters (e.g. ``n_components``)."""
+    ``backend_params``: the verification back-end's parameters (e.g. ``n_components``); ``lockstep``: how
+    the sweep fits its PLDA back-ends all at once (fields of ``cltm.probes.plda_many.ManyPLDASettings``
+    over ``evaluators.PLDA_LOCKSTEP_DEFAULTS``, e.g. ``{"device": "cuda"}``, or
+    ``evaluators.PLDA_LOCKSTEP_EXACT``)."""
 
     name: str | None = None
     estimator: Any = None
@@ -116,17 +120,21 @@ class ProbeSettings:
     patience: int | None = None
     max_epochs: int | None = None
     backend_params: dict[str, Any] = field(default_factory=dict)
+    lockstep: dict[str, Any] = field(default_factory=dict)
 
     def options(self) -> dict[str, Any]:
         mlp = {"hidden": self.hidden, "patience": self.patience, "max_epochs": self.max_epochs}
         if not self.early_stopping:
             mlp["early_stopping"] = False
-        return {
+        options = {
             "C": self.C,
             "solver": self.solver,
             "backend_params": dict(self.backend_params),
             "mlp": mlp,
         }
+        if self.lockstep:  # only when set: the config hashes of runs that never use it stay as they were
+            options["lockstep"] = dict(self.lockstep)
+        return options
 
 
 @dataclass(frozen=True)
@@ -162,7 +170,16 @@ _PLAN_KEYS = {
     "conditions",
     "pooled",
 }
-_PROBE_KEYS = {"C", "solver", "backend_params", "hidden", "early_stopping", "patience", "max_epochs"}
+_PROBE_KEYS = {
+    "C",
+    "solver",
+    "backend_params",
+    "lockstep",
+    "hidden",
+    "early_stopping",
+    "patience",
+    "max_epochs",
+}
 _EXEC_KEYS = {"n_jobs", "parallel", "scheduler", "naive", "model"}
 
 
@@ -698,6 +715,9 @@ def run_matrix(
         "n_utts": manifest.height,
         "user_trials": plan.trials.height if plan.trials is not None else None,
     }
+    lockstep = lockstep_for_hash(spec.name, options, execution.naive)
+    if lockstep is not None:  # plda's fast path is approximate: its effective settings name the results
+        settings_for_hash["lockstep"] = lockstep
     chash = config_hash(settings_for_hash)
     settings = {
         "spec": spec.name if PROBES.get(spec.name) is spec else spec,
