@@ -14,7 +14,11 @@ rows. Rows are grouped into *atoms* (rows that belong to exactly the same proble
 language, and the other N of its 2N); each atom is multiplied once per pass by the stacked coefficients of
 every problem that contains it, and atoms of the same shape are stacked so that a pass is a few batched
 GEMMs, not a Python loop over atoms; the gradient's [atom, problem] pieces add up per problem in one sparse
-product. Per-problem means and scales come from per-atom sums, which add up.
+product. Per-problem means and scales come from per-atom sums, which add up. Everything is relative to one
+reference point (the mean of the atoms' centres): an atom's rows are stored centred on their own mean, and
+that mean's offset from the reference is one more row of the atom's GEMM operand, so a forward pass gives
+each problem's offset term with the margins, and the gradient's mean correction (the problem's mean is the
+row-weighted mean of its atoms' offsets) is one more column of the transposed pass.
 
 The solver is L-BFGS run in lockstep over all problems (vectorised two-loop recursion in float32, history
 3; Armijo backtracking on margins that are linear in the step, so a line search costs no extra product with
@@ -29,8 +33,9 @@ shrinks those directions by the ratio of between- to within-atom variance along 
 middle of the range that measured best), which brings pairs down to the iterations of single-language
 problems. A preconditioner changes the path, not the optimum or the stopping rule.
 
-Products run in float32 on atom-centred rows (the centres' share in float64), margins, gradients and the
-iterate in float64, and a problem float32 cannot resolve is finished in float64. A problem stops when its
+Products and the solver state (iterate, gradient, direction, history) are float32 and the margins, losses
+and line-search sums float64: the state's passes over memory, not the flops, are most of an iteration at 50+
+languages. A problem float32 cannot resolve is finished in float64 (same code, float64 atoms and state). A problem stops when its
 largest gradient entry is below ``tol * C * n_p``: scikit-learn's lbfgs criterion on its rescaled objective,
 with the same default ``tol=1e-4``, so both stop at about the same distance from the optimum
 (benchmarks/RESULTS.md measures the held-out F1 of both).
