@@ -423,3 +423,38 @@ def test_zero_shot_condition_on_its_own_in_the_cli(tmp_path):
         ],
     )
     assert bad.exit_code == 2 and "unknown condition" in bad.output
+
+
+def test_device_option_moves_the_plda_fits_and_is_refused_where_it_would_be_ignored(tmp_path):
+    import torch
+
+    man, X = _speaker_set(speakers=12, utts=6)
+    np.save(tmp_path / "x.npy", X)
+    man.write_parquet(tmp_path / "manifest.parquet")
+    base = ["matrix", "--embeddings", str(tmp_path / "x.npy"), "--n", "24", "--seeds", "1", "--quiet"]
+    default = CliRunner().invoke(app, [*base, "--task", "speaker", "--out", str(tmp_path / "default")])
+    on_cpu = CliRunner().invoke(
+        app, [*base, "--task", "speaker", "--device", "cpu", "--out", str(tmp_path / "cpu")]
+    )
+    assert default.exit_code == 0 and on_cpu.exit_code == 0, default.output + on_cpu.output
+    a = pl.read_parquet(tmp_path / "default" / "runs.parquet")
+    b = pl.read_parquet(tmp_path / "cpu" / "runs.parquet")
+    assert a.height > 0 and np.allclose(a["auc"].to_numpy(), b["auc"].to_numpy(), atol=1e-12)
+    gender = CliRunner().invoke(
+        app, [*base, "--task", "gender", "--device", "cpu", "--out", str(tmp_path / "g")]
+    )
+    assert gender.exit_code == 2 and "applies to the PLDA back-ends" in gender.output
+    speaker = [*base, "--task", "speaker"]
+    cosine = CliRunner().invoke(
+        app, [*speaker, "--probe", "cosine", "--device", "cpu", "--out", str(tmp_path / "c")]
+    )
+    assert cosine.exit_code == 2 and "'cosine' always runs on the CPU" in cosine.output
+    cuda = CliRunner().invoke(
+        app, [*base, "--task", "speaker", "--device", "cuda", "--out", str(tmp_path / "cuda")]
+    )
+    if torch.cuda.is_available():  # on a GPU machine the same sweep runs there
+        assert cuda.exit_code == 0, cuda.output
+    else:
+        assert cuda.exit_code == 2 and "sees no CUDA device" in cuda.output
+    bad = CliRunner().invoke(app, [*speaker, "--device", "tpu", "--out", str(tmp_path / "t")])
+    assert bad.exit_code == 2 and "cpu or cuda" in bad.output

@@ -137,6 +137,33 @@ def probe_settings(probe, solver, hidden, patience, max_epochs, no_early_stoppin
     )
 
 
+def _with_device(settings, device: str, task: str | None):
+    """``settings`` with the lockstep PLDA fits on ``device``; refused where it would be ignored or fail."""
+    from dataclasses import replace
+
+    from cltm.tasks import TASKS
+    from cltm.transfer.evaluators import DEFAULT_PROBE, canonical_probe_name
+
+    kind = TASKS[task].kind if task in TASKS else "classification"
+    name = canonical_probe_name(settings.name) if settings.name else DEFAULT_PROBE[kind]
+    if name not in ("plda", "plda_full"):
+        raise fail(
+            f"--device applies to the PLDA back-ends of a speaker sweep (--probe plda or plda_full); "
+            f"{name!r} always runs on the CPU: drop --device"
+        )
+    device = device.strip().lower()
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail(
+                f"--device {device}: torch {torch.__version__} sees no CUDA device here; use --device cpu"
+            )
+    elif device != "cpu":
+        raise fail(f"--device must be cpu or cuda[:index], got {device!r}")
+    return replace(settings, lockstep={**settings.lockstep, "device": device})
+
+
 def load_features(cache, embeddings, manifest):
     """(features, manifest) for --cache / --embeddings; a --manifest is aligned to the features by utt_id."""
     from cltm.corpus import read_manifest
@@ -273,6 +300,13 @@ def matrix_command(
         None, "--model", help="Model name for the tables (default from the cache)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary table."),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help="Where the speaker sweep's PLDA back-ends (--probe plda / plda_full) are fitted, all models of "
+        "a (layer, seed) in one batched run: cpu (default) or a torch device such as cuda or cuda:1. Other "
+        "probes run on the CPU.",
+    ),
 ) -> None:
     from cltm.transfer import (
         ExecutionSettings,
@@ -297,6 +331,8 @@ def matrix_command(
     )
     check_out_dir(out)
     settings = probe_settings(probe, solver, hidden, patience, max_epochs, no_early_stopping)
+    if device is not None:
+        settings = _with_device(settings, device, task)
     if parallel not in ("joblib", "dask", "ray"):
         raise typer.BadParameter(f"must be joblib, dask or ray, not {parallel!r}", param_hint="--parallel")
     try:

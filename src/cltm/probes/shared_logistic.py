@@ -35,10 +35,10 @@ problems. A preconditioner changes the path, not the optimum or the stopping rul
 
 Products and the solver state (iterate, gradient, direction, history) are float32 and the margins, losses
 and line-search sums float64: the state's passes over memory, not the flops, are most of an iteration at 50+
-languages. A problem float32 cannot resolve is finished in float64 (same code, float64 atoms and state). A problem stops when its
-largest gradient entry is below ``tol * C * n_p``: scikit-learn's lbfgs criterion on its rescaled objective,
-with the same default ``tol=1e-4``, so both stop at about the same distance from the optimum
-(benchmarks/RESULTS.md measures the held-out F1 of both).
+languages. A problem float32 cannot resolve is finished in float64 (same code, float64 atoms and state).
+A problem stops when its largest gradient entry is below ``tol * C * n_p``: scikit-learn's lbfgs criterion
+on its rescaled objective, with the same default ``tol=1e-4``, so both stop at about the same distance from
+the optimum (benchmarks/RESULTS.md measures the held-out F1 of both).
 """
 
 from __future__ import annotations
