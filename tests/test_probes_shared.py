@@ -198,3 +198,17 @@ def test_margins_carried_across_a_rebuild_equal_recomputed_ones():
         r_rows = np.array([r_of_row[round(float(m), 9)] for m in X[rows] @ u[p] + c[p]])
         np.testing.assert_allclose(sum_w[p], r_rows @ (X[rows] - X[rows].mean(0)), atol=1e-9)
         assert sum_r[p] == pytest.approx(r_rows.sum(), abs=1e-9)
+
+
+def test_tolerance_beyond_float32_is_finished_in_float64():
+    """float32 state cannot resolve tol=1e-9: those problems continue in float64 (atoms and state) from where
+    they stopped and reach the exact optimum."""
+    rng = np.random.default_rng(9)
+    X, y, blocks = language_blocks(rng, n_languages=3, per_language=40, d=30)
+    X[blocks[1]] += 25.0  # one language far from the others: offsets >> spread
+    subsets = sweep_subsets(blocks)
+    fit = fit_logistic_shared(X, y, subsets, tol=1e-9)
+    assert fit.converged.all()
+    for k, rows in enumerate(subsets):
+        coef = sklearn_exact(X[rows], y[rows], 1.0)[-1].coef_[0]
+        np.testing.assert_allclose(fit.coef[k], coef, atol=1e-5 * np.abs(coef).max(), rtol=0)
