@@ -295,14 +295,16 @@ def test_seed_chunks_balance_layers_over_workers():
         jobs = n_layers * len(chunks)
         assert -(-jobs // workers) * workers / jobs - 1 <= 0.25
     assert seed_chunks(seeds, 13, 1) == [seeds]
+    assert seed_chunks([0, 1, 2], 13, 2) == [[0, 1, 2]]  # chunks keep at least two seeds
+    assert all(len(c) >= 2 for c in seed_chunks(seeds, 3, 8))
 
 
 def test_seed_chunked_parallel_run_equals_serial_and_counts_layers():
     man = _manifest(["a", "b"])
     X = _gender_embeddings(man, {"a": 1, "b": -1}, layers=3)
-    serial = run_matrix(X, man, "gender", n=5, seeds=2, progress=False)
+    serial = run_matrix(X, man, "gender", n=5, seeds=4, progress=False)
     done = []  # 3 layers x 2 seed chunks on 2 workers
-    parallel = run_matrix(X, man, "gender", n=5, seeds=2, progress=done.append, n_jobs=2)
+    parallel = run_matrix(X, man, "gender", n=5, seeds=4, progress=done.append, n_jobs=2)
     assert parallel.runs.equals(serial.runs)
     assert parallel.confusion.equals(serial.confusion)
     assert sum(done) == 3

@@ -511,11 +511,12 @@ def seed_chunks(seeds: list[int], n_layers: int, n_workers: int) -> list[list[in
     """The seeds of a layer split into the fewest contiguous chunks that spread layers x chunks evenly over
     the workers (whole layers as units leave workers idle at the end: 13 layers on 2 workers run 7 rounds
     for 6.5 rounds of work; halves of each layer's seeds give 13 rounds each). Each chunk is one job that
-    reads its layer once, so chunks stay few."""
-    if n_workers <= 1 or not seeds:
+    reads its layer once, so chunks stay few, and hold at least two seeds: with fewer the cost of sending a
+    layer to one more job outweighs the balance (measured on small sweeps)."""
+    if n_workers <= 1 or len(seeds) < 4:
         return [list(seeds)]
     best, best_loss = 1, None
-    for k in range(1, len(seeds) + 1):
+    for k in range(1, len(seeds) // 2 + 1):
         jobs = n_layers * k
         rounds = -(-jobs // n_workers)
         loss = rounds * n_workers / jobs - 1.0  # idle share of the workers
