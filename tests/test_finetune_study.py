@@ -562,3 +562,12 @@ def test_another_layer_may_share_the_directory_but_not_another_configuration(tmp
         check_same_config(
             runs, task="emotion", model="m", probe="finetune-lora", hash_="bbb", out_dir=tmp_path, layer=2
         )
+
+
+def test_from_matrix_that_is_not_a_results_directory_is_a_usage_error(corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _cli(_args(corpus, tmp_path, "--from-matrix", str(tmp_path / "empty")))
+    assert result.exit_code == 2, result.output
+    assert "--from-matrix" in result.output and "no results tables" in result.output
+    missing = _cli(_args(corpus, tmp_path, "--from-matrix", str(tmp_path / "nope")))
+    assert missing.exit_code == 2 and "Traceback" not in missing.output

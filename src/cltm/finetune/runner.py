@@ -146,9 +146,13 @@ def _one_matrix_family(
     matrix_dir: str | Path, *, task: str, model: str | None, probe: str | None
 ) -> pl.DataFrame:
     """The ``matrices.parquet`` rows of one (task, model, probe) of a probe sweep's output directory."""
-    from cltm.transfer.tables import MatrixResult
+    from cltm.transfer.tables import MatrixResult, ResultsError
 
-    matrices = MatrixResult.read(matrix_dir).matrices.filter(pl.col("task") == task)
+    try:
+        result = MatrixResult.read(matrix_dir)
+    except ResultsError as err:  # a wrong --from-matrix is a usage error, like every other bad option
+        raise FinetuneError(f"--from-matrix: {err}") from None
+    matrices = result.matrices.filter(pl.col("task") == task)
     if matrices.height == 0:
         raise FinetuneError(f"{matrix_dir}/matrices.parquet has no rows for task {task!r}")
     for column, wanted in (("model", model), ("probe", probe)):
