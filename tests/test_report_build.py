@@ -213,6 +213,11 @@ def test_engine_tables_and_a_finetune_runs_directory(tmp_path):
     assert "(fine-tune)" in html and "probe vs fine-tune" in html
     assert "xx-YY" in html and "only 3 speakers, 4 needed" in html  # left-out languages are shown
     assert "language_scores.parquet" in html  # donor/receiver scores taken from the engine's table
+    # the probe sweep itself given as --finetune would be compared with itself: refused, naming the fix
+    from cltm.report import ReportInputError
+
+    with pytest.raises(ReportInputError, match="no fine-tuned runs.*--finetune takes"):
+        build_report(results, tmp_path / "again", families=FAMILIES, finetune_dirs=[results])
     spearman = pl.read_csv(tmp_path / "report" / "tables" / "finetune_spearman.csv")
     assert sorted(spearman["layer"].to_list()) == [1, 2]
     # zero-shot view: the CSV holds the engine's perf_zero_shot (diagonal: perf_single) at the best layer

@@ -72,7 +72,17 @@ def load_results(
     families: Mapping[str, str] | None = None,
 ) -> MatrixResult:
     """The results of ``results_dir`` and every ``finetune_dirs`` directory as one completed result."""
-    results = [MatrixResult.read(results_dir)] + [MatrixResult.read(d) for d in finetune_dirs]
+    results = [MatrixResult.read(results_dir)]
+    for directory in finetune_dirs:
+        tuned = MatrixResult.read(directory)
+        runs = tuned.runs
+        sources = set(runs["source"].drop_nulls().unique().to_list()) if "source" in runs.columns else set()
+        if "finetune" not in sources:  # a probe sweep given as --finetune would be compared with itself
+            raise ReportInputError(
+                f"{directory}: no fine-tuned runs (run sources: {sorted(sources) or 'none'}); --finetune "
+                "takes a `cltm finetune --out` directory, the probe sweep goes first"
+            )
+        results.append(tuned)
     merged = MatrixResult.concat(results)
     for name in ("matrices", "properties", "language_scores"):
         # a fine-tune directory may hold matrices already present in the results directory
