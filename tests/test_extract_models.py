@@ -138,3 +138,16 @@ def test_windows_cover_the_file_and_merge_a_short_tail():
         np.testing.assert_array_equal(covered, np.arange(n))
         assert all(b - a >= min(min_s, n) for a, b in bounds)
     assert windows(2200, 1000, 400) == [(0, 1000), (1000, 2200)]
+
+
+def test_a_local_path_that_is_no_model_directory_is_named(tmp_path, tiny):
+    from cltm.extract.models import check_local_model_path, load_model
+
+    with pytest.raises(FileNotFoundError, match="no such directory.*hub id"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(str(tmp_path / "empty") + "/")
+    for hub_like in ("utter-project/mHuBERT-147", "facebook/hubert-base-ls960", "tiny"):
+        check_local_model_path(hub_like)  # left to the hub client (or a local directory of that name)
+    assert load_model(str(tiny)).n_layers > 0  # a real model directory still loads

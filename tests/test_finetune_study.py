@@ -571,3 +571,14 @@ def test_from_matrix_that_is_not_a_results_directory_is_a_usage_error(corpus, tm
     assert "--from-matrix" in result.output and "no results tables" in result.output
     missing = _cli(_args(corpus, tmp_path, "--from-matrix", str(tmp_path / "nope")))
     assert missing.exit_code == 2 and "Traceback" not in missing.output
+
+
+def test_model_path_and_device_that_cannot_work_are_usage_errors(corpus, tmp_path):
+    import torch
+
+    args = [a if a != str(corpus[1]) else str(tmp_path / "no-model") for a in _args(corpus, tmp_path)]
+    missing = _cli([*args, "--cells", "en:de"])
+    assert missing.exit_code == 2 and "no such directory" in missing.output, missing.output
+    if not torch.cuda.is_available():
+        cuda = _cli(_args(corpus, tmp_path, "--cells", "en:de", "--device", "cuda"))
+        assert cuda.exit_code == 2 and "no CUDA device" in cuda.output, cuda.output

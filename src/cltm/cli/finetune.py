@@ -225,7 +225,13 @@ def finetune_command(
         import torch
 
         if not torch.cuda.is_available():
-            raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_FAILED)
+            raise fail("--device cuda: no CUDA device is visible (use --device cpu or auto)", EXIT_USAGE)
+    from cltm.extract.models import check_local_model_path
+
+    try:
+        check_local_model_path(model)
+    except FileNotFoundError as err:
+        raise fail(f"--model: {err}", EXIT_USAGE) from None
     from cltm.corpus import read_manifest
 
     try:  # read once, here: an unreadable file is named instead of a polars traceback

@@ -185,6 +185,21 @@ class LoadedModel:
         return tuple(out.hidden_states)
 
 
+def check_local_model_path(name: str) -> None:
+    """Refuse a model name that can only be a local path (absolute, ``./``, ``../``, ``~``, or more than one
+    ``/``: a hub id is ``namespace/name``) when that path is not a model directory, with a message that
+    says so; otherwise the hub client answers with a repo-id syntax error about a path it never should see."""
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or name.endswith("/")
+    if not looks_local:
+        return
+    path = Path(name).expanduser()
+    hint = "give a model directory (with config.json) or a hub id such as utter-project/mHuBERT-147"
+    if not path.exists():
+        raise FileNotFoundError(f"model {name}: no such directory; {hint}")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model {name}: not a model directory (no config.json in it); {hint}")
+
+
 def load_model(
     model_id_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> LoadedModel:
@@ -203,6 +218,7 @@ def load_model(
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
 
     name = str(model_id_or_path)
+    check_local_model_path(name)
     config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     if hasattr(config, "layerdrop"):
         config.layerdrop = 0.0  # layerdrop skips random blocks; extraction must see all of them
