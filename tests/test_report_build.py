@@ -365,3 +365,19 @@ def test_from_runs_output_own_output_and_finetune_output_all_render(tmp_path):
         engine.filter(pl.col("target") != pl.col("donor")).select("target", "donor", "cltm").iter_rows()
     ):
         assert shown.filter(pl.col("target") == target)[donor][0] == pytest.approx(value, abs=1e-5)
+
+
+def test_report_settings_object_and_keywords_are_one_interface(tmp_path):
+    from cltm.report import ReportSettings
+
+    runs, confusion = synthetic_runs(4, layers=[1, 2], seeds=2, seed=6)
+    results = engine_result(runs.filter(pl.col("source") == "probe"), confusion).write(tmp_path / "results")
+    build_report(results, tmp_path / "a", ReportSettings(layers="-1", formats=("svg",)))
+    build_report(results, tmp_path / "b", layers="-1", formats="svg")
+    figures = sorted(p.name for p in (tmp_path / "a").rglob("*.svg"))
+    assert figures and figures == sorted(p.name for p in (tmp_path / "b").rglob("*.svg"))
+    assert not list((tmp_path / "a").rglob("*.png"))  # the settings reached the drawing
+    build_report(results, tmp_path / "c", ReportSettings(formats=("svg",)), formats="png")
+    assert list((tmp_path / "c").rglob("*.png"))  # keywords override the settings object
+    with pytest.raises(TypeError):
+        build_report(results, tmp_path / "d", colour="red")

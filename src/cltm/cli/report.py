@@ -60,7 +60,7 @@ def report_command(
 
     from cltm.cli._errors import fail
     from cltm.progress import counting_progress
-    from cltm.report import ReportInputError, build_report, normalise_formats
+    from cltm.report import ReportInputError, ReportSettings, build_report, normalise_formats
 
     console = Console(stderr=True)
     try:
@@ -89,18 +89,16 @@ def report_command(
             progress.update(task_id, description=step, completed=done, total=total)
 
         try:
-            index = build_report(
-                results_dir,
-                out,
+            settings = ReportSettings(
                 clip=clip,
                 families=families,
                 formats=format_list,
                 layers=layers,
-                finetune_dirs=finetune,
-                human_dirs=human,
+                finetune_dirs=tuple(finetune),
+                human_dirs=tuple(human),
                 n_jobs=jobs,
-                progress=advance,
             )
+            index = build_report(results_dir, out, settings, progress=advance)
         except (ReportInputError, FileNotFoundError, ValueError) as exc:
             raise fail(str(exc)) from None
     typer.echo(str(index))

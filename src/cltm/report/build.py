@@ -6,9 +6,10 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -221,35 +222,51 @@ def _resolve_layers(spec: str | Sequence[int] | None, present: list[int]) -> lis
     return parse_layers(spec, max(present) + 1 if present else 0)
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """What :func:`build_report` draws and how (the options of ``cltm report``).
+
+    ``families``: a language -> family mapping, a TSV/JSON file merged with the shipped Common Voice map (as
+    ``cltm matrix --families``), or None for the shipped map. ``formats``: figure formats written (png, svg,
+    pdf; the page shows PNG or SVG). ``layers``: only these layers, in the one ``--layers`` grammar
+    (:func:`cltm.layers.parse_layers`; negative numbers count from the deepest layer in the results; default
+    all). ``clip``: the heatmaps' colour range is [-clip, clip]; ``fade_range``: the standard errors over
+    which a cell fades. ``finetune_dirs``: ``cltm finetune --out`` directories whose runs are compared with
+    the probe matrices. ``human_dirs``: ``cltm human compare --out`` directories, each drawn as a
+    humans-vs-models section next to this directory's runs (:func:`cltm.human.report.human_section`).
+    ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all cores).
+    """
+
+    clip: float = 1.5
+    families: Mapping[str, str] | str | Path | None = None
+    formats: str | Sequence[str] = ("png",)
+    layers: str | Sequence[int] | None = None
+    fade_range: tuple[float, float] = DEFAULT_FADE_RANGE
+    finetune_dirs: Sequence[str | Path] = ()
+    human_dirs: Sequence[str | Path] = ()
+    n_jobs: int = 1
+
+
 def build_report(
     results_dir: str | Path,
     out_dir: str | Path,
+    settings: ReportSettings | None = None,
     *,
-    clip: float = 1.5,
-    families: Mapping[str, str] | str | Path | None = None,
-    formats: str | Sequence[str] = ("png",),
-    layers: str | Sequence[int] | None = None,
-    fade_range: tuple[float, float] = DEFAULT_FADE_RANGE,
-    finetune_dirs: Sequence[str | Path] = (),
-    human_dirs: Sequence[str | Path] = (),
-    n_jobs: int = 1,
     progress: Callable[[str, int, int], None] | None = None,
+    **options: Any,
 ) -> Path:
     """Render the report of a results directory into ``out_dir``; returns ``out_dir/index.html``.
 
-    ``families``: a language -> family mapping, a TSV/JSON file merged with the shipped Common Voice map (as
-    ``cltm matrix --families``), or None for the shipped map. Everything shown comes from the engine's results
-    object (:class:`cltm.transfer.tables.MatrixResult`); what a directory lacks (matrices of fine-tune runs,
-    properties) is computed by the engine's functions, never by the report.
-    ``formats``: figure formats written (png, svg, pdf; the page shows PNG or SVG). ``layers``: only these
-    layers, in the one ``--layers`` grammar (:func:`cltm.layers.parse_layers`; negative numbers count from the
-    deepest layer in the results; default all). ``finetune_dirs``: ``cltm finetune --out`` directories whose
-    runs are compared with the probe matrices. ``human_dirs``: ``cltm human compare --out`` directories,
-    each drawn as a humans-vs-models section next to this directory's runs
-    (:func:`cltm.human.report.human_section`). ``n_jobs``: processes drawing the heatmaps (joblib; -1 = all
-    cores).
+    ``settings``: a :class:`ReportSettings`; its fields can also be given as keywords
+    (``build_report(d, out, layers="-1")``), which override ``settings``. Everything shown comes from the
+    engine's results object (:class:`cltm.transfer.tables.MatrixResult`); what a directory lacks (matrices of
+    fine-tune runs, properties) is computed by the engine's functions, never by the report.
     ``progress(step, done, total)`` is called after each (task, model, probe) group and each heatmap.
     """
+    settings = replace(settings or ReportSettings(), **options)
+    clip, families, formats, layers = settings.clip, settings.families, settings.formats, settings.layers
+    fade_range, finetune_dirs, human_dirs = settings.fade_range, settings.finetune_dirs, settings.human_dirs
+    n_jobs = settings.n_jobs
     if clip <= 0:
         raise ValueError(f"clip must be positive, got {clip}")
     out_dir = Path(out_dir)
