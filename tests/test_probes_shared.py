@@ -212,3 +212,26 @@ def test_tolerance_beyond_float32_is_finished_in_float64():
     for k, rows in enumerate(subsets):
         coef = sklearn_exact(X[rows], y[rows], 1.0)[-1].coef_[0]
         np.testing.assert_allclose(fit.coef[k], coef, atol=1e-5 * np.abs(coef).max(), rtol=0)
+
+
+def test_between_directions_of_two_atoms_equal_the_eigendecomposition():
+    from cltm.probes.shared_logistic import _between_directions
+
+    rng = np.random.default_rng(12)
+    n_atoms, d = 5, 7
+    centres = rng.normal(size=(n_atoms, d)) * 3
+    counts = rng.integers(5, 40, size=n_atoms).astype(float)
+    problems = [(0, 1), (2, 3), (1, 4), (0, 2, 3)]  # pairs take the closed form, the triple the general one
+    membership = np.zeros((len(problems), n_atoms))
+    for p, atoms in enumerate(problems):
+        membership[p, list(atoms)] = 1.0
+    mean = membership @ (counts[:, None] * centres) / (membership @ counts)[:, None]
+    scale = rng.uniform(0.5, 2.0, size=(len(problems), d))
+    directions, between = _between_directions(membership, counts, centres, mean, scale)
+    for p, atoms in enumerate(problems):
+        mu = (centres[list(atoms)] - mean[p]) / scale[p]
+        scatter = (counts[list(atoms)][:, None] * mu).T @ mu  # between-atom scatter, standardised space
+        lam, vec = np.linalg.eigh(scatter)
+        top = vec[:, -1]
+        assert between[p, 0] == pytest.approx(lam[-1], rel=1e-10)
+        assert abs(directions[p, 0] @ top) == pytest.approx(1.0, abs=1e-10)  # same line, either sign

@@ -281,10 +281,11 @@ def _check_subsets(labels: np.ndarray, subsets: list[np.ndarray]) -> None:
     rows = np.concatenate(subsets)
     if len(rows) and (rows.min() < 0 or rows.max() >= len(labels)):
         raise ValueError(f"row indices must lie in [0, {len(labels)}); got {rows.min()}..{rows.max()}")
-    pairs = np.sort(owner * len(labels) + rows)  # a sort: np.unique is slow on wide-ranging integers
-    repeated = pairs[1:] == pairs[:-1]
+    # each subset sorted on its own (many short sorts beat one long one), then neighbours compared
+    in_order = np.concatenate([np.sort(s) for s in subsets])
+    repeated = (in_order[1:] == in_order[:-1]) & (owner[1:] == owner[:-1])
     if repeated.any():
-        k = int(pairs[1:][repeated][0] // len(labels))
+        k = int(owner[1:][repeated][0])
         raise ValueError(f"problem {k}: its rows are not distinct; pass each training row once")
     y = labels[rows]
     binary = (y == 0) | (y == 1)
@@ -317,13 +318,13 @@ class _Preconditioner:
         return out
 
     def apply(self, q: np.ndarray) -> np.ndarray:
+        """P^-1 q, in place."""
         if not self.shrink.shape[1]:
             return q
         d = self.directions.shape[2]
         coef = self.shrink * np.matmul(self.directions, q[:, :d, None])[..., 0]
-        out = q.copy()
-        out[:, :d] -= np.matmul(coef[:, None, :], self.directions)[:, 0, :]
-        return out
+        q[:, :d] -= np.matmul(coef[:, None, :], self.directions)[:, 0, :]
+        return q
 
 
 def _between_directions(
@@ -339,6 +340,15 @@ def _between_directions(
     for k in np.unique(k_of[k_of > 1]):  # problems with the same number of atoms, batched
         probs = np.flatnonzero(k_of == k)
         atoms = np.nonzero(membership[probs])[1].reshape(len(probs), k)  # row-major: atoms per problem
+        if k == 2:  # a pair of atoms: one direction, their means' difference; SS n1 n2 / (n1 + n2) |diff|^2
+            n1, n2 = counts[atoms[:, 0]], counts[atoms[:, 1]]
+            diff = (centres[atoms[:, 0]] - centres[atoms[:, 1]]) / scale[probs]
+            sq = _rowdot(diff, diff)
+            good = sq > 0
+            unit = diff / np.sqrt(np.where(good, sq, 1.0))[:, None]
+            directions[probs, 0] = np.where(good[:, None], unit, 0.0)
+            between[probs, 0] = np.where(good, n1 * n2 / (n1 + n2) * sq, 0.0)
+            continue
         mu = (centres[atoms] - mean[probs, None, :]) / scale[probs, None, :]  # [p, k, d]
         U = np.sqrt(counts[atoms])[:, :, None] * mu
         lam, vec = np.linalg.eigh(np.einsum("pkd,pld->pkl", U, U))  # ascending; rank <= k - 1
