@@ -399,7 +399,9 @@ class _ColumnStore:
         if not n:
             return
         for name, value in block.items():
-            column = self.columns.setdefault(name, [None] * self.n)
+            column = self.columns.get(name)
+            if column is None:  # a column first seen now: None for the rows before
+                column = self.columns[name] = [None] * self.n
             column.extend(value if isinstance(value, list) else [value] * n)
         for name, column in self.columns.items():
             if name not in block:
