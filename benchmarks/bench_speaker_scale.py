@@ -20,7 +20,8 @@ Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per
 
 A ``--lockstep`` entry is ``default`` or ``:``-separated overrides of the defaults: ``emK`` (at most K
 EM steps; ``emall``: no cap), ``f64`` (float64 PCA), ``w64`` (float64 scoring), ``shared`` (shared PCA),
-``e64`` (float64 EM), ``exact`` (``PLDA_LOCKSTEP_EXACT``).
+``e64`` (float64 EM), ``exact`` (``PLDA_LOCKSTEP_EXACT``), ``cuda`` / ``cuda-1`` (fits and scoring on that
+GPU: ``default:cuda``). On a lent GPU machine: ``benchmarks/device_checks.sh``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def parse_lockstep(text: str) -> dict:
             out["em_dtype"] = "float64"
         elif field == "shared":
             out["pca"] = "shared"
+        elif field == "cuda" or field.startswith("cuda-"):
+            out["device"] = field.replace("-", ":")  # cuda-1 -> cuda:1 (':' separates fields)
         else:
             raise SystemExit(f"bad --lockstep field {field!r} in {text!r}")
     return out
@@ -231,7 +234,7 @@ def main() -> None:
         )
         sys.stdout.flush()
         if entry == args.lockstep.split(",")[0]:
-            k_out = settings.n_components or args.dim
+            k_out = min(settings.n_components or args.dim, args.dim)
             rows_per_cell = [
                 len(ev._trial_rows(g.trials)[0])
                 for g, ks in zip(groups, group_keys, strict=True)

@@ -237,6 +237,23 @@ def test_scoring_arrays_score_as_the_model(parts):
     got = score_trials_wide([scoring_arrays(m, "float64") for m in many], X, e, t, dtype="float64")
     for c, model in enumerate(many):
         np.testing.assert_allclose(got[:, c], model.score_trials(X, e, t), rtol=1e-10, atol=1e-10)
+    # the device path (torch; what runs on a GPU) is the same arithmetic, block by block
+    import cltm.probes.plda_many as pm
+
+    seen = {}
+
+    def on_cpu(arrays, const, enroll, test, device, block_size, _torch_path=pm._score_wide_torch):
+        seen["device"] = device
+        return _torch_path(arrays, const, enroll, test, "cpu", block_size)
+
+    pm._score_wide_torch, original = on_cpu, pm._score_wide_torch
+    try:
+        scorings = [scoring_arrays(m, "float64") for m in many]
+        on_device = score_trials_wide(scorings, X, e, t, dtype="float64", block_size=64, device="cuda")
+    finally:
+        pm._score_wide_torch = original
+    assert seen["device"] == "cuda"
+    np.testing.assert_allclose(on_device, got, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="dim"):
         score_trials_wide([scoring_arrays(many[0])], X[:, :5], [0], [1])
     with pytest.raises(ValueError, match="not fitted"):

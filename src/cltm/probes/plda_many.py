@@ -656,11 +656,13 @@ def score_trials_wide(
     *,
     dtype: str = "float32",
     block_size: int = 4096,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Trial scores of many PLDA models at once from their :class:`PLDAScoring`: [n_trials, n_models].
 
     (x - m_k) T_k for every model k is X [T_1 ... T_M] minus the row m_k T_k: one wide product instead of M
-    narrow ones (the sweep's cost floor: rows x d x k x M x 2 flops per trial list)."""
+    narrow ones (the sweep's cost floor: rows x d x k x M x 2 flops per trial list). ``device`` other than
+    ``"cpu"`` (``"cuda"``): the same arithmetic in torch on that device (NumPy on the CPU)."""
     dt = _score_dtype(dtype)
     if not scorings:
         return np.empty((len(np.asarray(enroll_index)), 0))
@@ -681,10 +683,13 @@ def score_trials_wide(
     M = len(scorings)
     wide = np.concatenate([s.transform for s in scorings], axis=1).astype(dt, copy=False)  # [d, M k]
     shift = np.concatenate([s.shift for s in scorings]).astype(dt, copy=False)
-    U = (X.astype(dt) @ wide - shift).reshape(len(X), M, k)
     cross = np.stack([s.cross for s in scorings]).astype(dt, copy=False)
     self_ = np.stack([s.self_ for s in scorings]).astype(dt, copy=False)
     const = np.array([s.const for s in scorings])
+    if device != "cpu":
+        arrays = (X.astype(dt), wide, shift, cross, self_)
+        return _score_wide_torch(arrays, const, enroll_index, test_index, device, block_size)
+    U = (X.astype(dt) @ wide - shift).reshape(len(X), M, k)
     out = np.empty((len(enroll_index), M))
     for start in range(0, len(out), block_size):
         e = U[enroll_index[start : start + block_size]]
@@ -692,6 +697,25 @@ def score_trials_wide(
         s = np.einsum("nmk,mk->nm", e * t, cross) - np.einsum("nmk,mk->nm", e * e + t * t, self_)
         out[start : start + len(s)] = s + const
     return out
+
+
+def _score_wide_torch(
+    arrays: tuple[np.ndarray, ...], const: np.ndarray, enroll_index, test_index, device: str, block_size: int
+) -> np.ndarray:
+    """``score_trials_wide``'s arithmetic in torch on ``device``: arrays = (X, wide, shift, cross, self_) in
+    the scoring dtype, moved once; the scores come back as float64 NumPy."""
+    torch = _torch()
+    X, wide, shift, cross, self_ = (torch.as_tensor(a, device=device) for a in arrays)
+    M, k = cross.shape
+    U = (X @ wide - shift).reshape(len(X), M, k)
+    enroll = torch.as_tensor(np.asarray(enroll_index), device=device)
+    test = torch.as_tensor(np.asarray(test_index), device=device)
+    pieces = []
+    for start in range(0, len(enroll), block_size):
+        e, t = U[enroll[start : start + block_size]], U[test[start : start + block_size]]
+        pieces.append(((e * t) * cross).sum(-1) - ((e * e + t * t) * self_).sum(-1))
+    scores = torch.cat(pieces) if pieces else torch.empty((0, M), dtype=U.dtype, device=U.device)
+    return scores.double().cpu().numpy() + const
 
 
 def score_trials_plda_many(

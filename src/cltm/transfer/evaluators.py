@@ -609,7 +609,8 @@ def _plda_lockstep(
         distinct = list(dict.fromkeys(keys_g))
         rows, enroll, test = _trial_rows(g.trials)
         scores = score_trials_wide(
-            [scoring[k] for k in distinct], X[rows], enroll, test, dtype=settings.score_dtype
+            [scoring[k] for k in distinct], X[rows], enroll, test, dtype=settings.score_dtype,
+            device=settings.device,
         )
         labels = g.trials["label"].to_numpy()
         scored = {k: _verification_scores(labels, scores[:, c]) for c, k in enumerate(distinct)}
