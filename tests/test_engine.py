@@ -319,12 +319,12 @@ def test_code_metrics_fast_path_equals_classification_metrics():
         fast, reference = _metrics_from_codes(y, p), classification_metrics(y, p)
         assert fast == pytest.approx(reference, abs=1e-12)
 
-    from cltm.transfer.evaluators import _binary_scores_by_column
+    from cltm.probes.metrics import binary_metrics_by_column
 
     for _ in range(200):
         n, k = int(rng.integers(1, 30)), int(rng.integers(1, 5))
         y, pred = rng.integers(0, 2, n), rng.integers(0, 2, (n, k))
-        for c, fast in enumerate(_binary_scores_by_column(y, pred)):
+        for c, fast in enumerate(binary_metrics_by_column(y, pred)):
             assert fast == pytest.approx(classification_metrics(y, pred[:, c]), abs=1e-12)
 
 

@@ -137,6 +137,7 @@ def test_binary_metrics_by_column_equal_classification_metrics():
         ref = classification_metrics(y, (decision[:, k] > 0).astype(int))
         assert got[k]["f1"] == pytest.approx(ref["f1"], abs=1e-12)
         assert got[k]["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
+        assert got[k]["uar"] == pytest.approx(ref["uar"], abs=1e-12)
     only_zeros = np.zeros(20, dtype=int)  # a test set with one class: F1 over the classes present
     got = binary_metrics_by_column(only_zeros, decision[:20] > 0)
     for k in range(decision.shape[1]):

@@ -30,6 +30,7 @@ import numpy as np
 __all__ = [
     "DetectionCounts",
     "accuracy",
+    "binary_metric_columns",
     "binary_metrics_by_column",
     "classification_metrics",
     "det_curve",
@@ -342,19 +343,22 @@ def classification_metrics(y_true, y_pred) -> dict[str, float]:
     }
 
 
-def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
-    """``f1`` (macro) and ``accuracy`` of many binary classifiers on one test set at once.
+def binary_metric_columns(y_true, predicted) -> dict[str, np.ndarray]:
+    """``f1`` (macro), ``accuracy`` and ``uar`` of many binary classifiers on one test set at once, one array
+    entry per classifier.
 
     ``y_true`` [m] holds 0/1; ``predicted`` [m, k] holds each classifier's predictions (bool or 0/1), one
     column per classifier. Same definitions as :func:`classification_metrics` (macro-F1 over the classes
-    present in the truth or the predictions), without a confusion matrix per column: the CLTM sweep scores ~20
-    models per test set.
+    present in the truth or the predictions, UAR = mean recall over the classes in the truth), from four
+    counts per column instead of a confusion matrix per column: the CLTM sweep scores ~100 models per test
+    set.
     """
     truth = (np.asarray(y_true) == 1)[:, None]
     pred = np.asarray(predicted).astype(bool)
     if pred.ndim != 2 or len(pred) != len(truth):
         raise ValueError(f"predicted must be [{len(truth)}, k], got shape {pred.shape}")
-    n_pos = truth.sum()
+    n_pos = int(truth.sum())
+    n_neg = len(truth) - n_pos
     tp = (pred & truth).sum(0)
     predicted_pos = pred.sum(0)
     fp = predicted_pos - tp
@@ -365,6 +369,17 @@ def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
     present = denominators > 0
     zeros = np.zeros(denominators.shape)
     per_class = np.divide(2 * np.stack([tn, tp]), denominators, out=zeros, where=present)
-    f1 = per_class.sum(0) / present.sum(0)
-    acc = (tp + tn) / len(truth)
-    return [{"f1": float(a), "accuracy": float(b)} for a, b in zip(f1, acc, strict=True)]
+    recalls = [r for r, n in ((tn / max(n_neg, 1), n_neg), (tp / max(n_pos, 1), n_pos)) if n > 0]
+    return {
+        "f1": per_class.sum(0) / present.sum(0),
+        "accuracy": (tp + tn) / len(truth),
+        "uar": np.mean(recalls, axis=0) if recalls else np.full(pred.shape[1], np.nan),
+    }
+
+
+def binary_metrics_by_column(y_true, predicted) -> list[dict[str, float]]:
+    """:func:`binary_metric_columns` as one dict per classifier (``f1``, ``accuracy``, ``uar``)."""
+    columns = binary_metric_columns(y_true, predicted)
+    names = list(columns)
+    rows = zip(*(columns[n].tolist() for n in names), strict=True)
+    return [dict(zip(names, values, strict=True)) for values in rows]

@@ -206,21 +206,6 @@ def _classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
     return {"f1": m["f1"], "accuracy": m["accuracy"], "uar": m["uar"], "_pred": y_pred}
 
 
-def _binary_scores_by_column(y_true: np.ndarray, predicted: np.ndarray) -> list[dict[str, float]]:
-    """f1, accuracy (``binary_metrics_by_column``) and uar of many binary classifiers on one test set at once
-    (same definitions as ``classification_metrics``; uar = mean recall over the classes in the truth)."""
-    out = binary_metrics_by_column(y_true, predicted)
-    truth = np.asarray(y_true) == 1
-    pred = np.asarray(predicted).astype(bool)
-    recalls = []
-    if truth.any():
-        recalls.append((pred & truth[:, None]).sum(0) / truth.sum())
-    if (~truth).any():
-        recalls.append((~pred & ~truth[:, None]).sum(0) / (~truth).sum())
-    uar = np.mean(recalls, axis=0)
-    return [{**m, "uar": float(u)} for m, u in zip(out, uar, strict=True)]
-
-
 def _metrics_from_codes(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """``classification_metrics`` for class codes 0..C-1 from one bincount (the sweep scores ~20 models per
     test set; the general version sorts the labels first). Same definitions: macro-F1 over the classes in the
@@ -258,10 +243,15 @@ def _logistic_estimator(options: dict, seed: int = 0):
 LOGISTIC_SOLVERS = ("shared", "sklearn", "batched")
 
 
-def _with_scores(values: dict[str, Any], scores: np.ndarray | None) -> dict[str, Any]:
-    if scores is not None:
-        values["_scores"] = scores
-    return values
+def _one_dict_per_problem(scored: dict, keys: list) -> list[dict[str, Any]]:
+    """Per problem, the values of its training set's model: problems sharing a model (zero-shot from j and
+    j's single) get their own dict (the runner pops entries), the first one takes the model's dict itself."""
+    seen: set = set()
+    out = []
+    for k in keys:
+        out.append(dict(scored[k]) if k in seen else scored[k])
+        seen.add(k)
+    return out
 
 
 @register_probe(
@@ -306,15 +296,16 @@ def logistic_fast(
         for g, ids in zip(groups, which, strict=True):
             distinct = sorted(set(ids))
             decision = np.asarray(X[g.test_rows], np.float64) @ coef[distinct].T + intercept[distinct]
-            y_test = y[g.test_rows]
             pred = (decision > 0).astype(np.int64)
-            metrics = _binary_scores_by_column(y_test, pred)
+            metrics = binary_metrics_by_column(y[g.test_rows], pred)
             scored = {}
             for c, k in enumerate(distinct):
-                p1 = 1.0 / (1.0 + np.exp(-decision[:, c])) if options.get("scores") else None
-                scores = np.column_stack([1.0 - p1, p1]) if p1 is not None else None
-                scored[k] = _with_scores({**metrics[c], "_pred": pred[:, c]}, scores)
-            out.append([dict(scored[k]) for k in ids])
+                metrics[c]["_pred"] = pred[:, c]
+                if options.get("scores"):
+                    p1 = 1.0 / (1.0 + np.exp(-decision[:, c]))
+                    metrics[c]["_scores"] = np.column_stack([1.0 - p1, p1])
+                scored[k] = metrics[c]
+            out.append(_one_dict_per_problem(scored, ids))
         return out
     return _fit_distinct_sets(X, y, groups, options, _logistic_estimator)
 
@@ -614,7 +605,7 @@ def _plda_lockstep(
         )
         labels = g.trials["label"].to_numpy()
         scored = {k: _verification_scores(labels, scores[:, c]) for c, k in enumerate(distinct)}
-        out.append([dict(scored[k]) for k in keys_g])
+        out.append(_one_dict_per_problem(scored, keys_g))
     return out
 
 
@@ -644,7 +635,7 @@ def _verification_fast(name: str):
             scores = cls.score_trials_of_models([model_of(k) for k in distinct], X[rows], enroll, test)
             labels = g.trials["label"].to_numpy()
             scored = {k: _verification_scores(labels, scores[:, c]) for c, k in enumerate(distinct)}
-            out.append([dict(scored[k]) for k in keys])
+            out.append(_one_dict_per_problem(scored, keys))
         return out
 
     return evaluate
