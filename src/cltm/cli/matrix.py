@@ -303,9 +303,9 @@ def matrix_command(
     device: str | None = typer.Option(
         None,
         "--device",
-        help="Where the speaker sweep's PLDA back-ends (--probe plda / plda_full) are fitted, all models of "
-        "a (layer, seed) in one batched run: cpu (default) or a torch device such as cuda or cuda:1. Other "
-        "probes run on the CPU.",
+        help="Where the speaker sweep's PLDA back-ends (--probe plda / plda_full) are fitted and scored, all "
+        "models of a (layer, seed) in one batched run: cpu (default) or a torch device such as cuda or "
+        "cuda:1 (the per-speaker statistics stay on the CPU). Other probes run on the CPU.",
     ),
 ) -> None:
     from cltm.transfer import (

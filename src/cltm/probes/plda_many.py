@@ -69,7 +69,8 @@ class ManyPLDASettings:
       (float32 moves scores by ~1e-6 relative; the fit itself does not use it).
     - ``batch_size``: models per batch (memory: a few d x d float64 matrices per model).
     - ``device``: torch device of the batched algebra (``"cuda"``: the same code on a GPU; the PCA is then one
-      batched ``eigh``). The statistics and the fitted models stay NumPy on the CPU.
+      batched ``eigh``). The statistics and the fitted models stay NumPy on the CPU;
+      :func:`score_trials_wide` takes the same ``device`` for the sweep's scoring.
     - ``threads``: torch's CPU threads while fitting (restored after; None leaves them). One by default:
       torch's spinning thread pool slowed a small fit 200x on the shared 2-core machine; parallelism belongs
       one level up (the sweep's workers over layers).
