@@ -140,3 +140,8 @@ def test_lockstep_options_are_checked_and_hashed(corpus):
     assert same.runs.drop("config_hash").equals(default.runs.drop("config_hash"))
     with pytest.raises(ValueError, match="unknown lockstep option"):
         run_matrix(Xf, few, "speaker", n=N, seeds=1, probe=ProbeSettings("plda", lockstep={"x": 1}))
+    # a probe that does not fit in lockstep would ignore the settings: refused, not silently dropped
+    for probe in ("cosine", "plda+asnorm"):
+        ignored = ProbeSettings(probe, lockstep={"device": "cpu"})
+        with pytest.raises(ValueError, match="would ignore them"):
+            run_matrix(Xf, few, "speaker", n=N, seeds=1, probe=ignored)

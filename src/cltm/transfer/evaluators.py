@@ -536,11 +536,17 @@ def plda_lockstep_settings(params: dict, lockstep: dict | None = None):
     return ManyPLDASettings(**params, **{**PLDA_LOCKSTEP_DEFAULTS, **lockstep})
 
 
+def fits_in_lockstep(probe: str) -> bool:
+    """Whether the probe's fast path fits its models with ``plda_many`` (what ``ProbeSettings.lockstep``
+    configures): the PLDA back-ends without score normalisation."""
+    return BACKENDS.get(probe, ("",))[0] == "PLDA"
+
+
 def lockstep_for_hash(probe: str, options: dict, naive: bool) -> dict | None:
     """The lockstep settings a run's results depend on, for its config hash: the effective ones (defaults
     included) for the fast path of a PLDA back-end, None otherwise (the naive loop fits each model
     exactly)."""
-    if naive or BACKENDS.get(probe, ("",))[0] != "PLDA":
+    if naive or not fits_in_lockstep(probe):
         return None
     return {**PLDA_LOCKSTEP_DEFAULTS, **options.get("lockstep", {})}
 

@@ -39,6 +39,7 @@ from cltm.transfer.evaluators import (
     ProbeSpec,
     Problem,
     VerificationGroup,
+    fits_in_lockstep,
     get_probe,
     lockstep_for_hash,
 )
@@ -624,6 +625,11 @@ def run_matrix(
         )
     estimator = probe_settings.estimator
     spec = get_probe(estimator if estimator is not None else probe_settings.name, kind)
+    if probe_settings.lockstep and not fits_in_lockstep(spec.name):
+        raise ValueError(
+            f"lockstep settings {sorted(probe_settings.lockstep)} apply to the PLDA back-ends (plda, "
+            f"plda_full) of a speaker sweep; the {spec.name!r} probe would ignore them: leave lockstep empty"
+        )
     seeds_ = seed_list(plan.seeds)
     present = set(manifest["language"].cast(pl.String).to_list()) if "language" in manifest.columns else set()
     if plan.donors is not None:
