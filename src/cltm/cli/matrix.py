@@ -142,11 +142,11 @@ def _with_device(settings, device: str, task: str | None):
     from dataclasses import replace
 
     from cltm.tasks import TASKS
-    from cltm.transfer.evaluators import DEFAULT_PROBE, canonical_probe_name
+    from cltm.transfer.evaluators import DEFAULT_PROBE, canonical_probe_name, fits_in_lockstep
 
     kind = TASKS[task].kind if task in TASKS else "classification"
     name = canonical_probe_name(settings.name) if settings.name else DEFAULT_PROBE[kind]
-    if name not in ("plda", "plda_full"):
+    if not fits_in_lockstep(name):
         raise fail(
             f"--device applies to the PLDA back-ends of a speaker sweep (--probe plda or plda_full); "
             f"{name!r} always runs on the CPU: drop --device"
