@@ -13,7 +13,9 @@ Synthetic corpus as ``bench_matrix.py`` (768-d, 100 speakers x 30 utterances per
     giving mean / max |dAUC| of (b) against exact per-model fits;
 (d) the FLOP floor of exact per-model PLDA scoring: (model, target) cells x the rows each target's trial list
     uses x dim x n_components x 2, over the float32 matrix-multiply throughput measured here on one and two
-    cores: how far any per-model PLDA scoring is from the cosine sweep's time.
+    cores: how far any per-model PLDA scoring is from the cosine sweep's time;
+(e) the floor of the per-model PCA: one top-k eigendecomposition of a dim x dim scatter by every LAPACK route
+    at hand (the fastest x the number of models).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_speaker_scale.py [--languages 10] \\
         [--lockstep default,em2] [--slice-models 24]
@@ -66,6 +68,50 @@ def parse_lockstep(text: str) -> dict:
         else:
             raise SystemExit(f"bad --lockstep field {field!r} in {text!r}")
     return out
+
+
+def eigen_floor(dim: int, k: int, models: int, cosine_s: float | None = None, repeats: int = 5) -> None:
+    """The per-model PCA's floor on this CPU: the top-k eigenvectors of one dim x dim float32 scatter by every
+    LAPACK route at hand (best of ``repeats``), and what the fastest costs for ``models`` models."""
+    import scipy.linalg
+    import torch
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(2 * dim, dim)) * np.r_[np.full(dim // 10, 5.0), np.ones(dim - dim // 10)]
+    S = (A.T @ A).astype(np.float32)
+    lo = dim - k
+    routes = {
+        "scipy evr, top k (the sweep's)": lambda: scipy.linalg.eigh(S, subset_by_index=[lo, dim - 1]),
+        "scipy evx, top k": lambda: scipy.linalg.eigh(S, subset_by_index=[lo, dim - 1], driver="evx"),
+        "scipy evd, all": lambda: scipy.linalg.eigh(S, driver="evd"),
+        "torch eigh, all": lambda: torch.linalg.eigh(torch.from_numpy(S)),
+        "numpy eigh, all": lambda: np.linalg.eigh(S),
+        "tridiagonal reduction alone (ssytrd)": lambda: scipy.linalg.lapack.ssytrd(S),
+    }
+    from threadpoolctl import threadpool_limits
+
+    best_route, threads = None, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            for name, fn in routes.items():
+                fn()
+                best = min(_seconds(fn) for _ in range(repeats))
+                print(f"    {name}: {best * 1e3:.1f} ms")
+                if "alone" not in name and (best_route is None or best < best_route[1]):
+                    best_route = (name, best)
+    finally:
+        torch.set_num_threads(threads)
+    name, best = best_route
+    total = best * models
+    versus = f" = {total / cosine_s:.1f}x the cosine sweep" if cosine_s else ""
+    print(f"(e) PCA floor: {models} models x {best * 1e3:.1f} ms ({name}) = {total:.1f} s{versus}")
+
+
+def _seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def matmul_gflops(threads: int, repeats: int = 5) -> float:
@@ -251,6 +297,8 @@ def main() -> None:
         f"GFLOP/s on 1 core, {g2:.0f} on 2 -> {floor1:.1f} s ({floor1 / t_cos:.1f}x cosine) on 1 core, "
         f"{floor2:.1f} s ({floor2 / t_cos:.1f}x cosine) on 2; the issue's 6x cosine = {6 * t_cos:.1f} s"
     )
+    print(f"(e) top-{k_out} eigenvectors of one {args.dim} x {args.dim} float32 scatter, one thread:")
+    eigen_floor(args.dim, k_out, len(keys), t_cos)
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
