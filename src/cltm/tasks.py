@@ -98,13 +98,12 @@ def normalize_gender(value: Any) -> str | None:
 
 def normalize_genders(values: pl.Series) -> pl.Series:
     """Vectorised :func:`normalize_gender` over a polars Series (same rules), named ``gender``."""
-    text = values.cast(pl.String).str.strip_chars(_SPACES).str.to_lowercase()
-    text = pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text)).to_series()
-    return text.replace(GENDER_ALIASES).alias("gender")
+    return strip_labels(values).str.to_lowercase().replace(GENDER_ALIASES).alias("gender")
 
 
-def _strip_labels(values: pl.Series) -> pl.Series:
-    """Labels as text: white space stripped; empty strings (and nulls) are missing labels."""
+def strip_labels(values: pl.Series) -> pl.Series:
+    """Labels as text: white space stripped; empty strings (and nulls) are missing labels (null). Every
+    task's labels start here (and the listener comparisons', ``cltm.human.labels``)."""
     text = values.cast(pl.String).str.strip_chars(_SPACES)
     return (
         pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text))
@@ -134,7 +133,7 @@ class Task:
         """Raw label values -> class names (text); missing labels (null, '', white space) -> null."""
         if self.gender_vocabulary:
             return normalize_genders(values).alias(values.name)
-        return _strip_labels(values)
+        return strip_labels(values)
 
     def labels(self, manifest: pl.DataFrame) -> pl.Series:
         """The normalised labels of every manifest row (null = missing label)."""

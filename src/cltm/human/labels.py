@@ -1,11 +1,11 @@
 """Label normalisation for listener responses: the same rules as the task's labels in the manifest.
 
 Listener answers, manifest labels and model predictions go through one function, so ``Anger`` typed by a
-listener and ``anger`` in a corpus table both become ``angry``: text is stripped and lower-cased, empty text
-is a missing label (null, never a class), emotion words are mapped to the shared emotion vocabulary of the
-corpus presets (anger -> angry, happiness -> happy, sadness -> sad, ...), gender values with the manifest's
-gender rules. Words outside the vocabulary are kept (lower-cased) so that a check against the task's classes
-can name them.
+listener and ``anger`` in a corpus table both become ``angry``: text is stripped and empty text is a missing
+label (null, never a class) as for every task (``cltm.tasks.strip_labels``), then lower-cased; emotion words
+are mapped to the shared emotion vocabulary of the corpus presets (anger -> angry, happiness -> happy,
+sadness -> sad, ...), gender values with the manifest's gender rules. Words outside the vocabulary are kept
+(lower-cased) so that a check against the task's classes can name them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import polars as pl
 from cltm.corpus.manifest import GENDER_ALIASES
 from cltm.corpus.presets import EMOTION_ALIASES as _PRESET_ALIASES
 from cltm.corpus.presets import EMOTIONS as _PRESET_EMOTIONS
+from cltm.tasks import strip_labels
 
 __all__ = ["EMOTION_ALIASES", "normalise_label", "normalise_labels"]
 
@@ -22,7 +23,6 @@ __all__ = ["EMOTION_ALIASES", "normalise_label", "normalise_labels"]
 EMOTION_ALIASES: dict[str, str] = {**{e: e for e in _PRESET_EMOTIONS}, **_PRESET_ALIASES}
 
 _ALIASES: dict[str, dict[str, str]] = {"emotion": EMOTION_ALIASES, "gender": GENDER_ALIASES}
-_SPACES = " \t\n\r\x0b\x0c"
 
 
 def normalise_labels(task: str, values: pl.Series) -> pl.Series:
@@ -31,8 +31,7 @@ def normalise_labels(task: str, values: pl.Series) -> pl.Series:
     Empty text and nulls are missing labels (null), never a class. Values outside the vocabulary are kept
     (lower-cased), so a check against the task's classes can name them.
     """
-    text = values.cast(pl.String).str.strip_chars(_SPACES).str.to_lowercase()
-    text = pl.select(pl.when(text.str.len_chars() == 0).then(None).otherwise(text)).to_series()
+    text = strip_labels(values).str.to_lowercase()
     aliases = _ALIASES.get(task)
     if aliases:
         text = text.replace(aliases)
